@@ -1,0 +1,51 @@
+"""The `maestro` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+
+def _cmd_bandit(args) -> int:
+    from maestro_megatron.demos.bandit import BanditSetup, format_report, run_bandit
+
+    result = run_bandit(BanditSetup(seed=args.seed, num_steps=args.steps))
+    print(format_report(result))
+    return 0
+
+
+def _cmd_check_recipe(args) -> int:
+    from maestro_megatron.config import ConfigError, load_recipe, recipe_to_dict
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maestro", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("bandit", help="train a Conductor on the synthetic contextual bandit")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=150)
+    p.set_defaults(func=_cmd_bandit)
+    p = sub.add_parser("check-recipe", help="load, validate and print a resolved recipe")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.set_defaults(func=_cmd_check_recipe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,289 @@
+"""Recipe schema: one frozen dataclass per component (DESIGN.md section 7).
+
+Defaults live only here. YAML recipes are thin overrides of these values; the loader
+(`maestro_megatron.config.loader`) checks keys and types and then calls
+`validate_recipe` for the cross-field rules. Every field has a docstring-style comment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Llama/Qwen-style decoder (RMSNorm, SwiGLU, RoPE, GQA)."""
+
+    num_layers: int = 2
+    """Number of transformer layers."""
+    hidden_size: int = 64
+    """Model width d_model (the Conductor's input size)."""
+    ffn_hidden_size: int = 128
+    """SwiGLU intermediate size (per gate/up half)."""
+    num_attention_heads: int = 4
+    """Query heads."""
+    num_query_groups: int = 2
+    """Key/value heads (GQA groups); equal to heads for plain MHA."""
+    kv_channels: int | None = None
+    """Head dimension; None means hidden_size // num_attention_heads (Qwen3 sets it)."""
+    vocab_size: int = 256
+    """Tokenizer vocabulary size before padding."""
+    make_vocab_size_divisible_by: int = 128
+    """Pad the embedding to a multiple of this times TP (Megatron convention)."""
+    seq_length: int = 256
+    """Maximum prompt+response length in tokens."""
+    rotary_base: float = 10000.0
+    """RoPE base (Llama-3: 500000, Qwen: 1000000)."""
+    norm_epsilon: float = 1e-6
+    """RMSNorm epsilon."""
+    add_qkv_bias: bool = False
+    """Bias on the fused QKV projection (Qwen2)."""
+    qk_layernorm: bool = False
+    """RMSNorm on per-head queries and keys (Qwen3)."""
+    tie_embeddings: bool = True
+    """Share the input embedding and the output layer."""
+    init_method_std: float = 0.02
+    """Std of the normal init for random weights."""
+    hf_path: str | None = None
+    """Hugging Face directory to import weights from (None: random init)."""
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Megatron layout. Data-parallel size is world_size / (TP * PP * CP)."""
+
+    tensor_parallel: int = 1
+    """Tensor-parallel size (divides heads and query groups)."""
+    pipeline_parallel: int = 1
+    """Pipeline-parallel size (divides num_layers, or num_layers / VPP)."""
+    virtual_pipeline_parallel: int | None = None
+    """Interleaved pipeline chunks per stage (None: off)."""
+    context_parallel: int = 1
+    """Context-parallel size (GPU only)."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism (needs TP > 1 and TE or apex)."""
+    use_distributed_optimizer: bool = True
+    """Shard optimizer state over data-parallel ranks."""
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """Numerics. CPU runs use fp32 and the local layer spec."""
+
+    dtype: str = "fp32"
+    """Parameter/compute dtype: fp32 | bf16 | fp16."""
+    fp8: str | None = None
+    """Transformer Engine FP8 recipe format: None | hybrid | e4m3 (GPU + TE only)."""
+    transformer_impl: str = "auto"
+    """Layer spec: auto (TE when importable on GPU) | local | transformer_engine."""
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """Inner loop: the clipped GRPO surrogate (DESIGN.md section 3)."""
+
+    num_prompts_per_step: int = 8
+    """N: prompts per step (global, over all data-parallel ranks)."""
+    group_size: int = 4
+    """G: responses per prompt (>= 2)."""
+    micro_batch_size: int = 4
+    """Sequences per micro-batch in forward/backward."""
+    eps_low: float = 0.2
+    """Lower clip range of the ratio."""
+    eps_high: float = 0.2
+    """Upper clip range (clip-higher when > eps_low)."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1 for negative advantages (None: off)."""
+    loss_agg: str = "token-mean"
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum-norm."""
+    kl_coef: float = 0.01
+    """beta: weight of the KL penalty."""
+    kl_kind: str = "k3"
+    """KL estimator: k1 | k2 | k3."""
+    kl_in_loss: bool = False
+    """Put KL in the loss instead of the scalar reward (MAESTRO: reward)."""
+    normalize_std: bool = True
+    """Divide advantages by the group std (False: Dr.GRPO)."""
+    adv_eps: float = 1e-6
+    """Epsilon in the advantage denominator."""
+    lr: float = 1e-5
+    """Policy learning rate (peak)."""
+    min_lr: float = 0.0
+    """Final learning rate of the decay."""
+    lr_warmup_steps: int = 0
+    """Linear warm-up steps."""
+    lr_decay_style: str = "constant"
+    """constant | linear | cosine."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (0: off)."""
+    mask_truncated: bool = False
+    """Drop responses cut at max_new_tokens from the loss."""
+
+
+@dataclass(frozen=True)
+class PplConfig:
+    """r_ppl: exp(-mean NLL of the reference answer | prompt + response)."""
+
+    answer_pattern: str = r"<answer>(.*?)</answer>"
+    """Regex whose first group is stripped from the response before scoring the reference."""
+
+
+@dataclass(frozen=True)
+class FmtConfig:
+    """r_fmt: 1 if the whole response matches the pattern."""
+
+    pattern: str = r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*"
+    """Regex the whole response must match (re.fullmatch, DOTALL)."""
+
+
+@dataclass(frozen=True)
+class EntConfig:
+    """r_ent: mean token entropy / log(V)."""
+
+    mode: str = "maximize"
+    """maximize | minimize (EM-GRPO) | target."""
+    target: float = 0.5
+    """Target normalised entropy for mode=target (reward -|H - target|)."""
+
+
+@dataclass(frozen=True)
+class LenConfig:
+    """r_len: -max(0, L - L_target) / L_max."""
+
+    target_tokens: int = 64
+    """L_target: free length budget."""
+    max_tokens: int = 256
+    """L_max: normaliser (usually the rollout max_new_tokens)."""
+
+
+@dataclass(frozen=True)
+class PrefConfig:
+    """r_pref: a preference or reward model's score."""
+
+    scorer: str = "embedding_similarity"
+    """Scorer registry name: embedding_similarity | sequence_classifier."""
+    model_path: str | None = None
+    """Local model directory (None: the scorer's own default)."""
+    batch_size: int = 16
+    """Scoring batch size."""
+
+
+@dataclass(frozen=True)
+class RewardsConfig:
+    """The K reward components and their normalisation."""
+
+    components: tuple[str, ...] = ("ppl", "fmt", "ent", "len", "pref")
+    """Active components in order (names from the reward registry)."""
+    normalization: str = "group"
+    """Per-component normalisation before weighting: group | batch | none."""
+    ppl: PplConfig = field(default_factory=PplConfig)
+    fmt: FmtConfig = field(default_factory=FmtConfig)
+    ent: EntConfig = field(default_factory=EntConfig)
+    len: LenConfig = field(default_factory=LenConfig)
+    pref: PrefConfig = field(default_factory=PrefConfig)
+
+
+@dataclass(frozen=True)
+class ScalarizerConfig:
+    """How the reward vector becomes a scalar: a registry name and its options."""
+
+    name: str = "conductor"
+    """conductor | equal | random | single."""
+    component: str | None = None
+    """For name=single: the one component used (e.g. ppl for NOVER)."""
+    dirichlet_alpha: float = 1.0
+    """For name=random: concentration of the per-response Dirichlet."""
+
+
+@dataclass(frozen=True)
+class ConductorConfig:
+    """The outer loop: Conductor head and its two-timescale schedule."""
+
+    tau: float = 1.0
+    """Softmax temperature (> 0)."""
+    p_min: float = 0.0
+    """Probability floor per action, 0 <= p_min < 1/J."""
+    rho: float = 0.5
+    """Emphasis strength of the default templates."""
+    templates: tuple[tuple[float, ...], ...] | None = None
+    """Explicit [J, K] simplex templates (None: K emphasis templates with rho)."""
+    lr: float = 1e-2
+    """Adam learning rate of the Conductor."""
+    ent_coef: float = 0.01
+    """lambda_ent: entropy bonus."""
+    update_every: int = 1
+    """M: policy steps between Conductor updates."""
+    epochs: int = 1
+    """E: passes over the meta buffer per update."""
+    buffer: str = "clear"
+    """After an update: clear | window."""
+    window_size: int = 4096
+    """For buffer=window: keep the newest this many triples."""
+    seed: int = 1234
+    """Seed of the action-sampling generator (same on TP peers)."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Rollout engine settings."""
+
+    engine: str = "vllm"
+    """Engine registry name."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling."""
+    max_new_tokens: int = 64
+    """Response length cap."""
+    gpu_memory_utilization: float = 0.5
+    """vLLM memory fraction (GPU)."""
+    enable_sleep_mode: bool = False
+    """Free engine memory during training (GPU vLLM only)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Prompt source."""
+
+    path: str | None = None
+    """JSONL or CSV prompt file (None: the built-in prompt set)."""
+    prompt_key: str = "prompt"
+    """Column with the prompt."""
+    reference_key: str = "reference"
+    """Column with the reference answer (may be empty)."""
+    task_key: str = "task"
+    """Column with the task category."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Run-level settings."""
+
+    seed: int = 1234
+    """Global seed."""
+    num_steps: int = 10
+    """MAESTRO steps."""
+    output_dir: str = "runs/maestro"
+    """Run directory."""
+    save_every: int = 0
+    """Checkpoint every this many steps (0: only at the end)."""
+    log_every: int = 1
+    """Metric logging cadence."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole recipe."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    scalarizer: ScalarizerConfig = field(default_factory=ScalarizerConfig)
+    conductor: ConductorConfig = field(default_factory=ConductorConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)

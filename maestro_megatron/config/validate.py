@@ -1,0 +1,133 @@
+"""Cross-field recipe rules. Each failure is a ValueError "dotted.key: message"."""
+
+from __future__ import annotations
+
+from maestro_megatron.config.schema import ModelConfig, ParallelConfig, Recipe
+
+SIMPLEX_TOL = 1e-6
+
+
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ValueError(f"{key}: {message}")
+
+
+def _one_of(value, allowed, key: str) -> None:
+    _check(value in allowed, key, f"{value!r} is not one of {sorted(map(str, allowed))}")
+
+
+def check_layout(model: ModelConfig, parallel: ParallelConfig, world_size: int | None = None):
+    """Layout rules that must hold before any model is built (DESIGN.md section 4)."""
+    tp, pp, cp = parallel.tensor_parallel, parallel.pipeline_parallel, parallel.context_parallel
+    vpp = parallel.virtual_pipeline_parallel
+    for key, value in (("tensor_parallel", tp), ("pipeline_parallel", pp),
+                       ("context_parallel", cp)):
+        _check(value >= 1, f"parallel.{key}", f"must be >= 1, got {value}")
+    _check(model.num_attention_heads % model.num_query_groups == 0, "model.num_query_groups",
+           f"{model.num_query_groups} does not divide model.num_attention_heads="
+           f"{model.num_attention_heads}")
+    if model.kv_channels is None:
+        _check(model.hidden_size % model.num_attention_heads == 0, "model.hidden_size",
+               f"{model.hidden_size} is not divisible by model.num_attention_heads="
+               f"{model.num_attention_heads} (or set model.kv_channels)")
+    _check(model.num_attention_heads % tp == 0, "parallel.tensor_parallel",
+           f"{tp} does not divide model.num_attention_heads={model.num_attention_heads}")
+    _check(model.num_query_groups % tp == 0, "parallel.tensor_parallel",
+           f"{tp} does not divide model.num_query_groups={model.num_query_groups}")
+    _check(model.ffn_hidden_size % tp == 0, "parallel.tensor_parallel",
+           f"{tp} does not divide model.ffn_hidden_size={model.ffn_hidden_size}")
+    chunks = pp * (vpp or 1)
+    if vpp is not None:
+        _check(pp > 1, "parallel.virtual_pipeline_parallel", "needs parallel.pipeline_parallel > 1")
+        _check(vpp >= 1, "parallel.virtual_pipeline_parallel", f"must be >= 1, got {vpp}")
+    _check(model.num_layers % chunks == 0, "parallel.pipeline_parallel",
+           f"pipeline_parallel={pp} x virtual_pipeline_parallel={vpp or 1} does not divide "
+           f"model.num_layers={model.num_layers}")
+    if parallel.sequence_parallel:
+        _check(tp > 1, "parallel.sequence_parallel", "needs parallel.tensor_parallel > 1")
+    if world_size is not None:
+        _check(world_size % (tp * pp * cp) == 0, "parallel",
+               f"world size {world_size} is not divisible by tensor_parallel x "
+               f"pipeline_parallel x context_parallel = {tp * pp * cp}")
+
+
+def _check_templates(recipe: Recipe) -> None:
+    templates = recipe.conductor.templates
+    if templates is None:
+        return
+    num_k = len(recipe.rewards.components)
+    _check(len(templates) >= 1, "conductor.templates", "needs at least one template")
+    for j, row in enumerate(templates):
+        key = f"conductor.templates[{j}]"
+        _check(len(row) == num_k, key, f"has {len(row)} weights, rewards.components has {num_k}")
+        _check(min(row) >= 0.0, key, f"{list(row)} has a negative weight (not on the simplex)")
+        _check(abs(sum(row) - 1.0) <= SIMPLEX_TOL, key,
+               f"{list(row)} sums to {sum(row):.6g}, not 1 (not on the simplex)")
+
+
+def validate_recipe(recipe: Recipe) -> None:
+    """Raise ValueError("key: message") on the first rule a recipe breaks."""
+    from maestro_megatron.rewards import REWARDS, SCALARIZERS
+
+    m, g, r, c = recipe.model, recipe.grpo, recipe.rewards, recipe.conductor
+    for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                "num_query_groups", "vocab_size", "seq_length"):
+        _check(getattr(m, key) >= 1, f"model.{key}", f"must be >= 1, got {getattr(m, key)}")
+    check_layout(m, recipe.parallel)
+    _one_of(recipe.precision.dtype, {"fp32", "bf16", "fp16"}, "precision.dtype")
+    _one_of(recipe.precision.fp8, {None, "hybrid", "e4m3"}, "precision.fp8")
+    _one_of(recipe.precision.transformer_impl, {"auto", "local", "transformer_engine"},
+            "precision.transformer_impl")
+    if recipe.precision.fp8 is not None:
+        _check(recipe.precision.transformer_impl != "local", "precision.fp8",
+               "needs the Transformer Engine layer spec, not precision.transformer_impl=local")
+
+    _check(g.group_size >= 2, "grpo.group_size", f"must be >= 2 for group advantages, "
+           f"got {g.group_size}")
+    _check(g.num_prompts_per_step >= 1, "grpo.num_prompts_per_step", "must be >= 1")
+    _check(g.micro_batch_size >= 1, "grpo.micro_batch_size", "must be >= 1")
+    _check(0.0 <= g.eps_low < 1.0, "grpo.eps_low", f"must be in [0, 1), got {g.eps_low}")
+    _check(g.eps_high >= 0.0, "grpo.eps_high", f"must be >= 0, got {g.eps_high}")
+    if g.dual_clip is not None:
+        _check(g.dual_clip > 1.0, "grpo.dual_clip", f"must be > 1, got {g.dual_clip}")
+    _one_of(g.loss_agg, {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"},
+            "grpo.loss_agg")
+    _one_of(g.kl_kind, {"k1", "k2", "k3"}, "grpo.kl_kind")
+    _check(g.kl_coef >= 0.0, "grpo.kl_coef", f"must be >= 0, got {g.kl_coef}")
+    _check(g.lr > 0.0, "grpo.lr", f"must be > 0, got {g.lr}")
+    _one_of(g.lr_decay_style, {"constant", "linear", "cosine"}, "grpo.lr_decay_style")
+
+    _check(len(r.components) >= 1, "rewards.components", "needs at least one component")
+    _check(len(set(r.components)) == len(r.components), "rewards.components",
+           f"duplicate names in {list(r.components)}")
+    for name in r.components:
+        _one_of(name, set(REWARDS), "rewards.components")
+    _one_of(r.normalization, {"group", "batch", "none"}, "rewards.normalization")
+    _one_of(r.ent.mode, {"maximize", "minimize", "target"}, "rewards.ent.mode")
+    _check(r.len.max_tokens >= 1, "rewards.len.max_tokens", "must be >= 1")
+    _check(r.len.target_tokens >= 0, "rewards.len.target_tokens", "must be >= 0")
+
+    s = recipe.scalarizer
+    _one_of(s.name, set(SCALARIZERS), "scalarizer.name")
+    if s.name == "single":
+        _check(s.component in r.components, "scalarizer.component",
+               f"{s.component!r} must be one of rewards.components {list(r.components)}")
+    _check(s.dirichlet_alpha > 0.0, "scalarizer.dirichlet_alpha", "must be > 0")
+
+    _check(c.tau > 0.0, "conductor.tau", f"must be > 0, got {c.tau}")
+    _check(0.0 <= c.rho <= 1.0, "conductor.rho", f"must be in [0, 1], got {c.rho}")
+    _check_templates(recipe)
+    num_actions = len(c.templates) if c.templates is not None else len(r.components)
+    _check(0.0 <= c.p_min < 1.0 / num_actions, "conductor.p_min",
+           f"must be in [0, 1/J) with J={num_actions} actions, got {c.p_min}")
+    _check(c.lr > 0.0, "conductor.lr", f"must be > 0, got {c.lr}")
+    _check(c.update_every >= 1, "conductor.update_every", "must be >= 1")
+    _check(c.epochs >= 1, "conductor.epochs", "must be >= 1")
+    _one_of(c.buffer, {"clear", "window"}, "conductor.buffer")
+    _check(c.window_size >= 1, "conductor.window_size", "must be >= 1")
+
+    ro = recipe.rollout
+    _check(ro.temperature > 0.0, "rollout.temperature", f"must be > 0, got {ro.temperature}")
+    _check(0.0 < ro.top_p <= 1.0, "rollout.top_p", f"must be in (0, 1], got {ro.top_p}")
+    _check(ro.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
+    _check(recipe.run.num_steps >= 0, "run.num_steps", "must be >= 0")

@@ -1,0 +1,134 @@
+"""The five MAESTRO reward components (DESIGN.md section 3), as pure functions.
+
+Each returns a float per response, [B]. The registry `REWARDS` maps a recipe name to an
+adapter `(RewardBatch, options) -> [B]`; new components are a function plus
+`@register_reward("name")`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+import torch
+
+from maestro_megatron.rewards.batch import RewardBatch
+
+RewardFn = Callable[[RewardBatch, object], torch.Tensor]
+REWARDS: dict[str, RewardFn] = {}
+
+
+def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    def deco(fn: RewardFn) -> RewardFn:
+        if name in REWARDS:
+            raise ValueError(f"reward {name!r} is already registered")
+        REWARDS[name] = fn
+        return fn
+    return deco
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def ppl_reward(answer_logprobs: torch.Tensor, answer_mask: torch.Tensor,
+               fallback_logprobs: torch.Tensor | None = None,
+               fallback_mask: torch.Tensor | None = None,
+               has_reference: torch.Tensor | None = None) -> torch.Tensor:
+    """r_ppl = exp(mean log p(reference-answer tokens | prompt + response reasoning)).
+
+    answer_logprobs, answer_mask: [B, Ta]. Rows with has_reference False use the
+    response's own mean token log-prob under the proxy (fallback_*: [B, T]). (NOVER.)
+    """
+    reward = torch.exp(_masked_mean(answer_logprobs, answer_mask))
+    if has_reference is None or bool(has_reference.all()):
+        return reward
+    if fallback_logprobs is None or fallback_mask is None:
+        raise ValueError("ppl: samples without a reference need fallback log-probs")
+    fallback = torch.exp(_masked_mean(fallback_logprobs, fallback_mask))
+    return torch.where(has_reference.bool(), reward, fallback)
+
+
+def fmt_reward(responses: list[str], pattern: str) -> torch.Tensor:
+    """r_fmt = 1 if the whole response matches `pattern` (fullmatch, DOTALL) else 0."""
+    compiled = re.compile(pattern, re.DOTALL)
+    return torch.tensor([1.0 if compiled.fullmatch(r) else 0.0 for r in responses])
+
+
+def ent_reward(entropy: torch.Tensor, mask: torch.Tensor, vocab_size: int,
+               mode: str = "maximize", target: float = 0.5) -> torch.Tensor:
+    """r_ent from H = mean token entropy / log(V): H (maximize), -H (minimize, EM-GRPO),
+    or -|H - target| (target). entropy, mask: [B, T]."""
+    if vocab_size < 2:
+        raise ValueError(f"ent: vocab_size must be >= 2, got {vocab_size}")
+    normalised = _masked_mean(entropy, mask) / math.log(vocab_size)
+    if mode == "maximize":
+        return normalised
+    if mode == "minimize":
+        return -normalised
+    if mode == "target":
+        return -(normalised - target).abs()
+    raise ValueError(f"ent: mode {mode!r} is not maximize, minimize or target")
+
+
+def len_reward(lengths: torch.Tensor, target_tokens: int, max_tokens: int) -> torch.Tensor:
+    """r_len = -max(0, L - L_target) / L_max; lengths: [B] response tokens."""
+    return -(lengths.float() - target_tokens).clamp(min=0.0) / float(max_tokens)
+
+
+def pref_reward(scorer, prompts: list[str], responses: list[str],
+                references: list[str | None]) -> torch.Tensor:
+    """r_pref = the preference scorer's value for each response."""
+    scores = torch.as_tensor(scorer.score(prompts, responses, references), dtype=torch.float32)
+    if scores.shape != (len(responses),):
+        raise ValueError(f"pref: scorer returned shape {tuple(scores.shape)}, "
+                         f"expected ({len(responses)},)")
+    return scores
+
+
+def strip_answer(response: str, answer_pattern: str) -> str:
+    """The response's reasoning with its answer span removed (input to r_ppl)."""
+    return re.sub(answer_pattern, "", response, flags=re.DOTALL)
+
+
+@register_reward("ppl")
+def _ppl(batch: RewardBatch, opts) -> torch.Tensor:
+    batch.require("proxy_answer_logprobs", "proxy_answer_mask")
+    has_ref = torch.tensor([r is not None for r in batch.references])
+    return ppl_reward(batch.proxy_answer_logprobs, batch.proxy_answer_mask,
+                      batch.proxy_response_logprobs, batch.response_mask, has_ref)
+
+
+@register_reward("fmt")
+def _fmt(batch: RewardBatch, opts) -> torch.Tensor:
+    return fmt_reward(batch.responses, opts.pattern)
+
+
+@register_reward("ent")
+def _ent(batch: RewardBatch, opts) -> torch.Tensor:
+    batch.require("entropy", "response_mask")
+    return ent_reward(batch.entropy, batch.response_mask, batch.vocab_size, opts.mode,
+                      opts.target)
+
+
+@register_reward("len")
+def _len(batch: RewardBatch, opts) -> torch.Tensor:
+    return len_reward(batch.response_lengths, opts.target_tokens, opts.max_tokens)
+
+
+@register_reward("pref")
+def _pref(batch: RewardBatch, opts) -> torch.Tensor:
+    batch.require("pref_scorer")
+    return pref_reward(batch.pref_scorer, batch.prompts, batch.responses, batch.references)
+
+
+def compute_rewards(batch: RewardBatch, components: tuple[str, ...], options) -> torch.Tensor:
+    """Stack the named components: -> r [B, K]. options: RewardsConfig (per-name fields)."""
+    columns = []
+    for name in components:
+        if name not in REWARDS:
+            raise KeyError(f"reward {name!r} is not registered (known: {sorted(REWARDS)})")
+        columns.append(REWARDS[name](batch, getattr(options, name, None)).float())
+    return torch.stack(columns, dim=1)
