@@ -66,8 +66,19 @@ class Conductor(nn.Module):
     @torch.no_grad()
     def sample(self, h: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One action per row (per response): a ~ Cat(pi(. | h)); -> [B] long."""
-        probs = self.probs(h).to(torch.float64).cpu()
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(h.device)
+        uniforms = torch.rand(h.shape[0], generator=generator, dtype=torch.float64)
+        return self.sample_from_uniforms(h, uniforms)
+
+    @torch.no_grad()
+    def sample_from_uniforms(self, h: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        """Inverse-CDF draw: a = #{a' : CDF(a') <= u}; h: [B, d], uniforms: [B] in [0, 1).
+
+        Lets distributed callers draw one stream of uniforms for the global batch and
+        slice it, so actions do not depend on how the batch is split over ranks.
+        """
+        cdf = self.probs(h).to(torch.float64).cpu().cumsum(dim=-1)
+        actions = (cdf <= uniforms.to(torch.float64).cpu().unsqueeze(1)).sum(dim=-1)
+        return actions.clamp(max=self.num_actions - 1).to(h.device)
 
     def action_weights(self, actions: torch.Tensor) -> torch.Tensor:
         """actions: [B] -> w(a): [B, K]."""

@@ -116,6 +116,12 @@ class GRPOConfig:
     """constant | linear | cosine."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.999
+    """Adam beta2."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
     clip_grad: float = 1.0
     """Global gradient-norm clip (0: off)."""
     mask_truncated: bool = False

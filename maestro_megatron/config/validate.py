@@ -36,13 +36,15 @@ def check_layout(model: ModelConfig, parallel: ParallelConfig, world_size: int |
            f"{tp} does not divide model.num_query_groups={model.num_query_groups}")
     _check(model.ffn_hidden_size % tp == 0, "parallel.tensor_parallel",
            f"{tp} does not divide model.ffn_hidden_size={model.ffn_hidden_size}")
-    chunks = pp * (vpp or 1)
-    if vpp is not None:
-        _check(pp > 1, "parallel.virtual_pipeline_parallel", "needs parallel.pipeline_parallel > 1")
+    if vpp is None:
+        _check(model.num_layers % pp == 0, "parallel.pipeline_parallel",
+               f"{pp} does not divide model.num_layers={model.num_layers}")
+    else:
         _check(vpp >= 1, "parallel.virtual_pipeline_parallel", f"must be >= 1, got {vpp}")
-    _check(model.num_layers % chunks == 0, "parallel.pipeline_parallel",
-           f"pipeline_parallel={pp} x virtual_pipeline_parallel={vpp or 1} does not divide "
-           f"model.num_layers={model.num_layers}")
+        _check(pp > 1, "parallel.virtual_pipeline_parallel", "needs parallel.pipeline_parallel > 1")
+        _check(model.num_layers % (pp * vpp) == 0, "parallel.virtual_pipeline_parallel",
+               f"parallel.pipeline_parallel={pp} x {vpp} does not divide "
+               f"model.num_layers={model.num_layers}")
     if parallel.sequence_parallel:
         _check(tp > 1, "parallel.sequence_parallel", "needs parallel.tensor_parallel > 1")
     if world_size is not None:

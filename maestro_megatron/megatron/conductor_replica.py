@@ -1,0 +1,70 @@
+"""The Conductor as a replicated module on every last-pipeline-stage rank (DESIGN.md 4).
+
+Plumbing only: the math is `maestro_megatron.conductor`. Every last-stage rank holds
+a full copy. TP peers see identical h (the final-layernorm output is replicated
+across TP without sequence parallelism), so they draw from generators seeded
+identically and get identical actions; DP ranks take their slice of one global
+stream of uniforms (layout-invariant sampling), and their gradients are averaged
+over the DP group
+(each rank's loss is the mean over its own N_local*G triples; with equal shards the DP
+average is the global 1/(NG) mean).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from maestro_megatron.conductor import Conductor
+
+
+def sample_actions(conductor: Conductor, h: torch.Tensor, *, seed: int, step: int,
+                   num_global: int, offset: int) -> torch.Tensor:
+    """Per-response actions for this rank's rows [offset, offset + B) of the global batch.
+
+    Every rank draws the same stream of `num_global` uniforms from (seed, step) and
+    takes its slice, so TP peers draw identical actions and the actions do not depend
+    on the data-parallel split. h: [B, d_model] -> [B] long.
+    """
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    uniforms = torch.rand(num_global, generator=gen, dtype=torch.float64)
+    return conductor.sample_from_uniforms(h, uniforms[offset:offset + h.shape[0]])
+
+
+def broadcast_parameters(conductor: Conductor, group: dist.ProcessGroup) -> None:
+    """Make every rank of `group` hold the parameters of the group's first rank."""
+    src = dist.get_global_rank(group, 0)
+    for param in conductor.parameters():
+        dist.broadcast(param.data, src=src, group=group)
+
+
+def average_gradients(conductor: Conductor, dp_group: dist.ProcessGroup) -> None:
+    """All-reduce the Conductor's gradients to their mean over data-parallel ranks."""
+    size = dist.get_world_size(dp_group)
+    if size == 1:
+        return
+    grads = [p.grad for p in conductor.parameters() if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=dp_group)
+    flat /= size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def replica_drift(conductor: Conductor, group: dist.ProcessGroup) -> float:
+    """Max |param - param on the group's first rank| over the group (0.0 = in sync)."""
+    flat = torch.cat([p.detach().flatten() for p in conductor.parameters()])
+    ref = flat.clone()
+    dist.broadcast(ref, src=dist.get_global_rank(group, 0), group=group)
+    drift = (flat - ref).abs().max().reshape(1)
+    dist.all_reduce(drift, op=dist.ReduceOp.MAX, group=group)
+    return float(drift)
+
+
+def check_replicas(conductor: Conductor, group: dist.ProcessGroup, tol: float = 0.0) -> None:
+    """Raise if the Conductor replicas of `group` differ by more than `tol`."""
+    drift = replica_drift(conductor, group)
+    if drift > tol:
+        raise RuntimeError(f"Conductor replicas drifted apart: max |diff| = {drift:.3e}")

@@ -1,0 +1,134 @@
+"""The GRPO policy update on megatron-core (the inner loop, DESIGN.md sections 2-3).
+
+Plumbing around `maestro_megatron.algorithms.policy_loss`: global token/sequence counts
+all-reduced over data-parallel ranks, megatron's (distributed) optimizer with gradient
+clipping, its learning-rate scheduler, and metrics reduced across ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from maestro_megatron.algorithms import kl_estimate, policy_loss
+from maestro_megatron.config.schema import GRPOConfig, ParallelConfig, PrecisionConfig
+from maestro_megatron.megatron.forward import SequenceBatch, run_forward_backward
+from maestro_megatron.megatron.parallel import ParallelGroups
+
+
+def build_optimizer(grpo: GRPOConfig, parallel: ParallelConfig, precision: PrecisionConfig,
+                    model_chunks: list[torch.nn.Module], num_steps: int):
+    """megatron-core Adam (distributed when the recipe says so) and its LR scheduler.
+
+    Returns (optimizer, scheduler). The scheduler warms up linearly over
+    grpo.lr_warmup_steps, then decays (constant | linear | cosine) to grpo.min_lr at
+    num_steps.
+    """
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    config = OptimizerConfig(
+        optimizer="adam", lr=grpo.lr, min_lr=grpo.min_lr, weight_decay=grpo.weight_decay,
+        clip_grad=grpo.clip_grad, adam_beta1=grpo.adam_beta1, adam_beta2=grpo.adam_beta2,
+        adam_eps=grpo.adam_eps, bf16=precision.dtype == "bf16" and torch.cuda.is_available(),
+        fp16=precision.dtype == "fp16" and torch.cuda.is_available(),
+        params_dtype=model_chunks[0].config.params_dtype,
+        use_distributed_optimizer=parallel.use_distributed_optimizer)
+    optimizer = get_megatron_optimizer(config, model_chunks)
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0 if grpo.lr_warmup_steps else grpo.lr, max_lr=grpo.lr,
+        min_lr=grpo.min_lr, lr_warmup_steps=grpo.lr_warmup_steps,
+        lr_decay_steps=max(num_steps, grpo.lr_warmup_steps + 1),
+        lr_decay_style=grpo.lr_decay_style, start_wd=grpo.weight_decay,
+        end_wd=grpo.weight_decay, wd_incr_steps=max(num_steps, 1), wd_incr_style="constant")
+    return optimizer, scheduler
+
+
+@dataclass(frozen=True)
+class GlobalCounts:
+    """Response tokens and non-empty sequences summed over all data-parallel ranks."""
+
+    num_tokens: float
+    num_seqs: float
+    max_len: int
+
+
+def global_counts(response_mask: torch.Tensor, groups: ParallelGroups) -> GlobalCounts:
+    """response_mask: [B, S] of this DP rank -> counts over the whole global batch."""
+    local = torch.tensor([float(response_mask.sum()), float((response_mask.sum(1) > 0).sum())],
+                         dtype=torch.float64)
+    if groups.dp_size > 1:
+        dist.all_reduce(local, op=dist.ReduceOp.SUM, group=groups.dp)
+    return GlobalCounts(float(local[0]), float(local[1]), int(response_mask.shape[1]))
+
+
+def grpo_loss_fn(grpo: GRPOConfig, counts: GlobalCounts):
+    """loss_fn for `run_forward_backward`: this micro-batch's share of the global loss.
+
+    The micro-batch carries extras "old_logprobs" [b, S], "advantages" [b] and, for
+    kl_in_loss, "ref_logprobs" [b, S]. Metrics are token-weighted SUMS (reduced later).
+    """
+
+    def fn(logprobs, entropy, h, micro_batch: SequenceBatch):
+        mask = micro_batch.response_mask.to(logprobs.dtype)
+        extras = micro_batch.extras
+        loss, pm = policy_loss(
+            logprobs, extras["old_logprobs"], extras["advantages"], mask,
+            eps_low=grpo.eps_low, eps_high=grpo.eps_high, dual_clip=grpo.dual_clip,
+            agg=grpo.loss_agg, num_global_tokens=counts.num_tokens,
+            num_global_seqs=counts.num_seqs, max_len=counts.max_len)
+        num_tokens = mask.sum()
+        metrics = {"num_tokens": num_tokens.detach(), "loss": loss.detach(),
+                   "clip_frac": pm["clip_frac"] * num_tokens,
+                   "entropy": (entropy * mask).sum().detach()}
+        if "ref_logprobs" in extras:
+            kl = kl_estimate(logprobs, extras["ref_logprobs"], grpo.kl_kind) * mask
+            metrics["kl"] = kl.sum().detach()
+            if grpo.kl_in_loss:
+                loss = loss + grpo.kl_coef * kl.sum() / max(counts.num_tokens, 1.0)
+        return loss, metrics
+
+    return fn
+
+
+def _reduce_metrics(per_micro: list[dict], groups: ParallelGroups) -> dict[str, float]:
+    keys = sorted(per_micro[0]) if per_micro else []
+    sums = torch.tensor([sum(float(m[k]) for m in per_micro) for k in keys],
+                        dtype=torch.float64)
+    if groups.dp_size > 1 and keys:
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=groups.dp)
+    total = dict(zip(keys, sums.tolist()))
+    num_tokens = max(total.pop("num_tokens", 0.0), 1.0)
+    out = {"train/loss": total.pop("loss", 0.0)}
+    for key, value in total.items():
+        out[f"train/{key}"] = value / num_tokens
+    return out
+
+
+def grpo_train_step(model_chunks: list[torch.nn.Module], optimizer, scheduler,
+                    batch: SequenceBatch, grpo: GRPOConfig, groups: ParallelGroups,
+                    *, vocab_size: int) -> dict[str, float]:
+    """One policy update on this rank's share of the batch.
+
+    batch.extras: "old_logprobs" [B, S], "advantages" [B], optional "ref_logprobs" [B, S].
+    Returns metrics (train/loss, train/clip_frac, train/entropy, train/kl when the
+    reference is given: token means over the global batch; train/grad_norm, train/lr)
+    on last-stage ranks, and {"train/grad_norm", "train/lr"} elsewhere.
+    """
+    counts = global_counts(batch.response_mask, groups)
+    for chunk in model_chunks:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    out = run_forward_backward(model_chunks, batch, groups, micro_batch_size=grpo.micro_batch_size,
+                               vocab_size=vocab_size, loss_fn=grpo_loss_fn(grpo, counts))
+    update_ok, grad_norm, _ = optimizer.step()
+    if not update_ok:
+        raise FloatingPointError("optimizer step skipped: non-finite gradients")
+    scheduler.step(increment=1)
+    metrics = {"train/grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
+               "train/lr": float(optimizer.param_groups[0]["lr"])}
+    if out is not None:
+        metrics.update(_reduce_metrics(out.metrics, groups))
+    return metrics

@@ -1,0 +1,151 @@
+"""torchrun worker: one whole GRPO + Conductor step under several Megatron layouts.
+
+Per layout: policy (DDP, distributed Adam) and frozen reference loaded from the same
+TP=1 checkpoint; old and reference logprobs; synthetic reward vectors (not the
+policy's entropy: z-scoring its tiny within-group spread would magnify fp32 round-off
+~100x and hide real layout bugs behind a loose tolerance); per-response Conductor
+actions on h; scalar
+reward with the k3 KL; group advantages; two `grpo_train_step`s; a Conductor REINFORCE update
+with gradients averaged over DP; then logprobs after the step. Last-stage ranks write
+their results (one file per TP and DP rank).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from layout_worker import MODEL, _load, _save
+
+from maestro_megatron.algorithms import group_advantages, kl_estimate, masked_seq_mean
+from maestro_megatron.conductor import (
+    Conductor,
+    MetaBuffer,
+    TwoTimescale,
+    conductor_update,
+    emphasis_templates,
+)
+from maestro_megatron.config.schema import GRPOConfig, ParallelConfig, PrecisionConfig
+from maestro_megatron.megatron.conductor_replica import (
+    average_gradients,
+    replica_drift,
+    sample_actions,
+)
+from maestro_megatron.megatron.forward import SequenceBatch, forward_logprobs
+from maestro_megatron.megatron.model import build_model
+from maestro_megatron.megatron.parallel import init_distributed
+from maestro_megatron.megatron.train_step import build_optimizer, grpo_train_step
+from maestro_megatron.rewards import normalize_components, scalar_reward
+
+NUM_PROMPTS, GROUP, SEQ, K = 4, 4, 24, 5
+GRPO = GRPOConfig(num_prompts_per_step=NUM_PROMPTS, group_size=GROUP, micro_batch_size=2,
+                  lr=0.5, adam_eps=1.0, eps_low=0.2, eps_high=0.28, kl_coef=0.1,
+                  clip_grad=1.0)
+# adam_eps >> |grad| makes Adam's step ~ lr * grad: smooth in the gradient, so fp32
+# round-off differences between layouts stay round-off (with eps 1e-8 Adam's step is
+# ~ lr * sign(grad) and amplifies them on near-zero gradients).
+
+
+def make_batch() -> SequenceBatch:
+    """N*G right-padded rows; the G rows of a prompt share its prompt tokens."""
+    gen = torch.Generator().manual_seed(0)
+    rows = NUM_PROMPTS * GROUP
+    tokens = torch.randint(1, MODEL.vocab_size, (rows, SEQ), generator=gen)
+    mask = torch.zeros(rows, SEQ)
+    for row in range(rows):
+        prompt = 3 + (row // GROUP) % 4
+        tokens[row, :prompt] = tokens[(row // GROUP) * GROUP, :prompt]
+        response = 4 + (5 * row) % 15
+        mask[row, prompt:prompt + response] = 1
+        tokens[row, prompt + response:] = 0
+    return SequenceBatch(tokens=tokens, response_mask=mask)
+
+
+def make_conductor() -> Conductor:
+    cond = Conductor(MODEL.hidden_size, emphasis_templates(K, 0.5), tau=1.0)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        cond.linear.weight.copy_(0.5 * torch.randn(cond.linear.weight.shape, generator=gen))
+    return cond
+
+
+def run_layout(spec: str, ckpt: Path, out: Path, save: bool) -> None:
+    from megatron.core import parallel_state as ps
+
+    tp, pp = (int(x) for x in spec.split(","))
+    parallel = ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp)
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    groups = init_distributed(parallel, MODEL, seed=1234)
+    policy = build_model(MODEL, parallel, PrecisionConfig(), pp_rank=groups.pp_rank,
+                         pp_size=groups.pp_size, wrap_ddp=True)
+    reference = build_model(MODEL, parallel, PrecisionConfig(), pp_rank=groups.pp_rank,
+                            pp_size=groups.pp_size, freeze=True)
+    if save:
+        _save(policy, ckpt)
+    _load(policy, ckpt)
+    _load(reference, ckpt)
+    optimizer, scheduler = build_optimizer(GRPO, parallel, PrecisionConfig(), policy, 10)
+
+    full = make_batch()
+    rows = full.batch_size // groups.dp_size
+    offset = groups.dp_rank * rows
+    batch = full.slice(offset, offset + rows)
+    kw = dict(micro_batch_size=GRPO.micro_batch_size, vocab_size=MODEL.vocab_size)
+    old = forward_logprobs(policy, batch, groups, **kw)
+    ref = forward_logprobs(reference, batch, groups, **kw)
+
+    conductor = make_conductor()
+    if groups.is_last_stage:
+        gen = torch.Generator().manual_seed(11)
+        synthetic = torch.randn(full.batch_size, K, generator=gen)[offset:offset + rows]
+        actions = sample_actions(conductor, old.h, seed=5, step=1, num_global=full.batch_size,
+                                 offset=offset)
+        weights = conductor.action_weights(actions)
+        r_norm = normalize_components(synthetic.view(-1, GROUP, K)).view(-1, K)
+        kl_seq = masked_seq_mean(kl_estimate(old.logprobs, ref.logprobs), batch.response_mask)
+        scores = scalar_reward(weights, r_norm, kl_seq, GRPO.kl_coef)
+        advantages = group_advantages(scores.view(-1, GROUP)).flatten()
+    else:
+        advantages = torch.zeros(rows)
+    extras = {"advantages": advantages,
+              "old_logprobs": old.logprobs if old is not None else torch.zeros(rows, SEQ),
+              "ref_logprobs": ref.logprobs if ref is not None else torch.zeros(rows, SEQ)}
+    train_batch = SequenceBatch(batch.tokens, batch.response_mask, extras=extras)
+    # Two updates on the same rollouts: the second sees ratios != 1 (clipping) and KL > 0.
+    metrics = [grpo_train_step(policy, optimizer, scheduler, train_batch, GRPO, groups,
+                               vocab_size=MODEL.vocab_size) for _ in range(2)]
+    after = forward_logprobs(policy, batch, groups, **kw)
+
+    if groups.is_last_stage:
+        buffer = MetaBuffer()
+        buffer.append(old.h, actions, advantages)
+        opt = torch.optim.Adam(conductor.parameters(), lr=0.1)
+        conductor_update(conductor, opt, buffer, TwoTimescale(epochs=2), 0.01,
+                         grad_sync=lambda m: average_gradients(m, groups.dp))
+        drift = max(replica_drift(conductor, groups.tp), replica_drift(conductor, groups.dp))
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({
+            "actions": actions, "advantages": advantages, "logprobs_after": after.logprobs,
+            "h": old.h, "metrics": metrics, "drift": drift, "dp_size": groups.dp_size,
+            "conductor": torch.cat([p.detach().flatten() for p in conductor.parameters()]),
+        }, out / f"{spec.replace(',', '_')}_tp{groups.tp_rank}_dp{groups.dp_rank}.pt")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ckpt", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--save", action="store_true")
+    parser.add_argument("--layouts", nargs="+", default=["1,1"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for spec in args.layouts:
+        run_layout(spec, args.ckpt, args.out, args.save)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
