@@ -53,14 +53,14 @@ def _batch():
     return SequenceBatch(tokens=tokens.cuda(), response_mask=mask.cuda())
 
 
-def _forward_backward(groups, precision: PrecisionConfig):
+def _forward_backward(groups, precision: PrecisionConfig, impl: str = "transformer_engine"):
     from maestro_megatron.megatron.forward import run_forward_backward
     from maestro_megatron.megatron.model import build_model, unwrap_model
 
     chunks = build_model(MODEL, PARALLEL, precision, pp_rank=groups.pp_rank,
                          pp_size=groups.pp_size, wrap_ddp=True)
     config = unwrap_model(chunks[0]).config
-    assert config.transformer_impl == "transformer_engine"
+    assert config.transformer_impl == impl
     for chunk in chunks:
         chunk.zero_grad_buffer()
     batch = _batch()
@@ -85,6 +85,14 @@ def _check(out, grads):
     assert 0.0 < loss < 3 * torch.log(torch.tensor(float(MODEL.vocab_size))).item()
     assert all(torch.isfinite(g).all() for g in grads)
     assert sum(float(g.float().abs().sum()) for g in grads) > 0
+
+
+def test_local_spec_bf16_forward_backward(groups):
+    """The path a GPU without Transformer Engine takes: megatron's local spec in bf16."""
+    config, out, grads = _forward_backward(
+        groups, PrecisionConfig(dtype="bf16", transformer_impl="local"), impl="local")
+    assert config.bf16 and config.params_dtype == torch.bfloat16
+    _check(out, grads)
 
 
 def test_te_spec_bf16_forward_backward(groups):

@@ -1,0 +1,106 @@
+"""Read a torch_dist checkpoint's global tensors one HF shard at a time -> safetensors.
+
+No model and no process group: the checkpoint's metadata gives each key's global shape
+(layers stacked on axis 0, vocabulary padded, QKV interleaved, fc1 = [gate; up], whatever
+TP/PP wrote it), and one read per output shard fetches the per-layer boxes of its
+tensors (:mod:`~maestro_megatron.weights.dcp_read`). Peak memory: about two output
+shards (the megatron tensors being converted and the HF tensors being written).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from maestro_megatron.config.schema import ModelConfig
+from maestro_megatron.weights import hf_io
+from maestro_megatron.weights.dcp_read import read_boxes, tensor_metadata
+from maestro_megatron.weights.errors import ConversionError
+from maestro_megatron.weights.mapping import DecoderMapping
+from maestro_megatron.weights.units import Unit, hf_shapes, to_hf
+
+_FINAL_NORM = "decoder.final_layernorm.weight"
+
+
+def _key_prefix(meta: dict) -> str:
+    """Prefix of the model keys (``""`` for checkpoints written by megatron-core models)."""
+    for key in meta:
+        if key.endswith(_FINAL_NORM):
+            return key[: -len(_FINAL_NORM)]
+    raise ConversionError(f"no {_FINAL_NORM} in the checkpoint: not a GPT model checkpoint")
+
+
+def _expected_shape(unit: Unit, cfg: ModelConfig) -> tuple[int, ...]:
+    """Full megatron shape without vocabulary padding and without the layer axis."""
+    shapes = hf_shapes(unit, cfg)
+    if unit.kind in ("qkv", "fc1"):
+        return (sum(s[0] for s in shapes), *shapes[0][1:])
+    return shapes[0]
+
+
+def _check(unit: Unit, meta: dict, prefix: str, cfg: ModelConfig) -> None:
+    key = prefix + unit.ckpt_key
+    if key not in meta:
+        raise ConversionError(f"checkpoint has no tensor {key} (model config implies it)")
+    shape = meta[key][0]
+    if unit.layer is not None:
+        if shape[0] != cfg.num_layers:
+            raise ConversionError(f"{key} stacks {shape[0]} layers, config has {cfg.num_layers}")
+        shape = shape[1:]
+    want = _expected_shape(unit, cfg)
+    if unit.kind == "vocab":
+        ok = shape[1:] == want[1:] and shape[0] >= want[0]
+    else:
+        ok = shape == want
+    if not ok:
+        raise ConversionError(f"checkpoint tensor {key} has shape {list(shape)}, "
+                              f"the model config implies {list(want)}")
+
+
+def _box(unit: Unit, meta: dict, prefix: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(offsets, sizes) of the unit's tensor in its key's global tensor."""
+    shape = meta[prefix + unit.ckpt_key][0]
+    if unit.layer is None:
+        return (0,) * len(shape), shape
+    return (unit.layer,) + (0,) * (len(shape) - 1), (1, *shape[1:])
+
+
+def export_shards(ckpt: Path, out: Path, mapping: DecoderMapping, cfg: ModelConfig, *,
+                  dtype: torch.dtype | None, max_shard_bytes: int,
+                  progress: bool = True) -> torch.dtype:
+    """Write ``out/model*.safetensors`` (+ index if > 1 shard). Returns the output dtype."""
+    from tqdm import tqdm
+
+    meta = tensor_metadata(ckpt)
+    prefix = _key_prefix(meta)
+    units = mapping.units(cfg)
+    for unit in units:
+        _check(unit, meta, prefix, cfg)
+    out_dtype = dtype or meta[prefix + units[0].ckpt_key][1]
+    item = torch.empty((), dtype=out_dtype).element_size()
+    sizes = [sum(item * torch.Size(s).numel() for s in hf_shapes(u, cfg)) for u in units]
+    shards = hf_io.plan_shards(sizes, max_shard_bytes)
+    weight_map: dict[str, str] = {}
+    bar = tqdm(total=len(units), desc="megatron->hf", disable=not progress)
+    for index, members in enumerate(shards):
+        boxes: dict[str, list] = {}
+        for i in members:
+            boxes.setdefault(prefix + units[i].ckpt_key, []).append(_box(units[i], meta, prefix))
+        loaded = read_boxes(ckpt, boxes, {key: meta[key][1] for key in boxes})
+        tensors = {}
+        for i in members:  # boxes of a key come back in request (= member) order
+            unit = units[i]
+            full = loaded[prefix + unit.ckpt_key].pop(0)
+            full = full[0] if unit.layer is not None else full
+            for name, tensor in zip(unit.hf_names, to_hf(unit, full, cfg)):
+                tensors[name] = tensor.to(out_dtype)
+            bar.update(1)
+        file = hf_io.shard_file_name(index, len(shards))
+        hf_io.write_shard(out / file, tensors)
+        weight_map.update(dict.fromkeys(tensors, file))
+        del loaded, tensors
+    bar.close()
+    if len(shards) > 1:
+        hf_io.write_index(out, weight_map, sum(sizes))
+    return out_dtype

@@ -1,0 +1,111 @@
+"""Live Megatron shards -> full HF-named tensors, one tensor at a time (for refit/export).
+
+Uses the same per-architecture mapping (`DecoderMapping.units`) as the checkpoint
+converter. For each unit, in the mapping's order: the pipeline stage that holds it is
+found with a MAX all-reduce over the PP group, its TP peers all-gather their shards
+(`layout.tp_gather`), the stage broadcasts the full tensor over the PP group, and the
+leader (TP rank 0, PP rank 0, DP/CP rank 0: global rank 0) maps it to HF names.
+Only the first data-parallel replica takes part (the others hold the same weights).
+Peak extra memory: one full megatron tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+
+from maestro_megatron.config.schema import ModelConfig
+from maestro_megatron.megatron.parallel import ParallelGroups
+from maestro_megatron.weights import layout
+from maestro_megatron.weights.mapping import DecoderMapping
+from maestro_megatron.weights.units import Unit, to_hf
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _find_param(chunks: list[torch.nn.Module], unit: Unit) -> torch.Tensor | None:
+    """This rank's parameter of `unit` (its TP shard), or None if another stage holds it."""
+    for chunk in chunks:
+        model = _unwrap(chunk)
+        impl = getattr(model.config, "transformer_impl", "local")
+        spec = "transformer_engine" if impl == "transformer_engine" else "local"
+        local = None
+        if unit.layer is not None:
+            layers = {layer.layer_number - 1: j for j, layer in enumerate(model.decoder.layers)}
+            if unit.layer not in layers:
+                continue
+            local = layers[unit.layer]
+        name = unit.param_name(spec, local)
+        params = dict(model.named_parameters())
+        if name in params:
+            return params[name]
+    return None
+
+
+def _owner_stage(param: torch.Tensor | None, groups: ParallelGroups, unit: Unit) -> int:
+    flag = torch.tensor([groups.pp_rank + 1 if param is not None else 0])
+    if groups.pp_size > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=groups.pp)
+    if int(flag) == 0:
+        raise KeyError(f"no pipeline stage holds {unit.param_name()} (HF {unit.hf_names})")
+    return int(flag) - 1
+
+
+def _tp_full(param: torch.Tensor, unit: Unit, groups: ParallelGroups) -> torch.Tensor:
+    shard = param.detach().contiguous()
+    if unit.tp_split == "replicated" or groups.tp_size == 1:
+        return shard
+    shards = [torch.empty_like(shard) for _ in range(groups.tp_size)]
+    dist.all_gather(shards, shard, group=groups.tp)
+    return layout.tp_gather(unit.tp_split, shards)
+
+
+def _pp_broadcast(full: torch.Tensor | None, owner: int, groups: ParallelGroups,
+                  dtype: torch.dtype, device) -> torch.Tensor:
+    if groups.pp_size == 1:
+        return full
+    src = dist.get_global_rank(groups.pp, owner)
+    meta = torch.zeros(4, dtype=torch.long, device=device)
+    if full is not None:
+        meta[0] = full.dim()
+        meta[1:1 + full.dim()] = torch.tensor(full.shape)
+    dist.broadcast(meta, src=src, group=groups.pp)
+    if full is None:
+        full = torch.empty(tuple(meta[1:1 + int(meta[0])].tolist()), dtype=dtype, device=device)
+    dist.broadcast(full, src=src, group=groups.pp)
+    return full
+
+
+def is_refit_leader(groups: ParallelGroups) -> bool:
+    """The rank that receives the full tensors (and talks to the rollout engine)."""
+    return groups.rank == 0
+
+
+@torch.no_grad()
+def iter_hf_weights(model_chunks: list[torch.nn.Module], mapping: DecoderMapping,
+                    cfg: ModelConfig, groups: ParallelGroups
+                    ) -> Iterator[tuple[str, torch.Tensor | None]]:
+    """Yield (hf_name, full tensor) on the leader and (hf_name, None) elsewhere.
+
+    Must be exhausted on EVERY rank (it runs collectives); ranks of other data-parallel
+    replicas return at once. Tensors are yielded in the mapping's order, unpadded, in
+    the model's dtype, on the leader's device.
+    """
+    if groups.dp_rank != 0 or groups.cp_rank != 0:
+        return
+    dtype = _unwrap(model_chunks[0]).config.params_dtype
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    for unit in mapping.units(cfg):
+        param = _find_param(model_chunks, unit)
+        owner = _owner_stage(param, groups, unit)
+        full = _tp_full(param, unit, groups) if groups.pp_rank == owner else None
+        full = _pp_broadcast(full, owner, groups, dtype, device)
+        tensors = to_hf(unit, full, cfg) if is_refit_leader(groups) else [None] * len(
+            unit.hf_names)
+        yield from zip(unit.hf_names, tensors)

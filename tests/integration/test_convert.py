@@ -1,0 +1,167 @@
+"""Converter in one process: HF -> megatron (laid out for TP=2 x PP=2) -> HF round trip,
+and bad inputs (exit code 2, a clear message, no output directory left behind)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # tests.support (pytest does not put the root on sys.path)
+
+from maestro_megatron.weights.cli import main  # noqa: E402
+from maestro_megatron.weights.hf_io import HFCheckpoint  # noqa: E402
+from maestro_megatron.weights.output import atomic_output  # noqa: E402
+from tests.support.tiny_hf import build_tiny_hf, hf_logits  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+MODELS = {"llama": False, "qwen2": True, "qwen3": True}  # arch -> tied embeddings
+
+
+def convert_in_subprocess(*commands: list[str]) -> None:
+    """Run converter commands in one fresh process.
+
+    hf-to-megatron initialises torch.distributed and megatron's CPU shims, which must not
+    leak into the pytest process (megatron-to-hf and the input checks need neither).
+    """
+    code = ("import sys; from maestro_megatron.weights.cli import main; "
+            "sys.exit(max(main(c) for c in " + repr([list(map(str, c)) for c in commands]) + "))")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    # Llama in several safetensors files + index: the reader follows the index.
+    return {arch: build_tiny_hf(root / arch, arch, tied=tied,
+                                max_shard_size="100KB" if arch == "llama" else None)
+            for arch, tied in MODELS.items()}
+
+
+def assert_same_tensors(a: Path, b: Path) -> None:
+    """Same names, dtypes, shapes and bytes."""
+    ca, cb = HFCheckpoint(a), HFCheckpoint(b)
+    assert ca.names() == cb.names()
+    for name in sorted(ca.names()):
+        ta, tb = ca.read(name), cb.read(name)
+        assert ta.dtype == tb.dtype and ta.shape == tb.shape, name
+        assert ta.numpy().tobytes() == tb.numpy().tobytes(), name
+
+
+@pytest.fixture(scope="module")
+def megatron_dirs(hf_dirs, tmp_path_factory):
+    """Each model converted by one process for TP=2 x PP=2 (vocab padded to 256)."""
+    root = tmp_path_factory.mktemp("mg")
+    convert_in_subprocess(*[["hf-to-megatron", "--hf", hf_dirs[a], "--out", root / a,
+                             "--tp", "2", "--pp", "2", "--no-progress"] for a in MODELS])
+    return {arch: root / arch for arch in MODELS}
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_round_trip_is_byte_identical(hf_dirs, megatron_dirs, arch, tmp_path):
+    mg, back = megatron_dirs[arch], tmp_path / "back"
+    meta = json.loads((mg / "maestro_weights.json").read_text())
+    assert meta["padded_vocab_size"] == 256 and meta["tensor_parallel"] == 2
+    assert (mg / "hf_assets" / "tokenizer_config.json").is_file()
+    assert main(["megatron-to-hf", "--megatron", str(mg), "--out", str(back),
+                 "--max-shard-size", "60KB", "--no-progress"]) == 0
+    assert_same_tensors(hf_dirs[arch], back)
+    assert (back / "model.safetensors.index.json").is_file()  # > 1 shard at 60KB
+    assert (back / "tokenizer_config.json").read_bytes() == (
+        hf_dirs[arch] / "tokenizer_config.json").read_bytes()
+    src, out = (json.loads((d / "config.json").read_text()) for d in (hf_dirs[arch], back))
+    for key in ("architectures", "hidden_size", "num_key_value_heads", "head_dim",
+                "tie_word_embeddings", "vocab_size", "rms_norm_eps", "bos_token_id"):
+        assert out.get(key) == src.get(key), key
+    assert ("lm_head.weight" in HFCheckpoint(back).names()) == (not MODELS[arch])
+    tokens = torch.randint(0, 250, (2, 9), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(hf_logits(back, tokens), hf_logits(hf_dirs[arch], tokens))
+    assert not list(tmp_path.glob(".*partial")) and not list(mg.parent.glob(".*partial"))
+
+
+def _edit_config(src: Path, dst: Path, **changes) -> Path:
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def _missing_shard(hf_dirs, tmp):
+    bad = shutil.copytree(hf_dirs["llama"], tmp / "bad")
+    index = json.loads((bad / "model.safetensors.index.json").read_text())
+    gone = sorted(set(index["weight_map"].values()))[1]
+    (bad / gone).unlink()
+    return ["--hf", str(bad)], f"names shard {gone}, which does not exist"
+
+
+def _unsupported(hf_dirs, tmp):
+    bad = _edit_config(hf_dirs["qwen2"], tmp / "bad", architectures=["GPT2LMHeadModel"])
+    return ["--hf", str(bad)], "unsupported architecture 'GPT2LMHeadModel'"
+
+
+def _shape_mismatch(hf_dirs, tmp):
+    bad = _edit_config(hf_dirs["qwen3"], tmp / "bad", intermediate_size=128)
+    return (["--hf", str(bad)], "tensor model.layers.0.mlp.gate_proj.weight has shape "
+            "[96, 64] but config.json implies [128, 64]")
+
+
+def _tp_not_dividing(hf_dirs, tmp):
+    return ["--hf", str(hf_dirs["llama"]), "--tp", "3"], "--tp 3 does not divide"
+
+
+BAD_INPUTS = {"missing-shard": _missing_shard, "unsupported-arch": _unsupported,
+              "shape-mismatch": _shape_mismatch, "tp-not-dividing-heads": _tp_not_dividing}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_hf_input_fails_cleanly(hf_dirs, case, tmp_path, capsys):
+    args, message = BAD_INPUTS[case](hf_dirs, tmp_path)
+    out = tmp_path / "out"
+    assert main(["hf-to-megatron", *args, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_nonempty_output_and_non_checkpoint_input_fail(hf_dirs, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["hf-to-megatron", "--hf", str(hf_dirs["llama"]), "--out", str(out)]) == 2
+    assert f"output directory {out} is not empty" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    fresh = tmp_path / "fresh"
+    assert main(["megatron-to-hf", "--megatron", str(hf_dirs["llama"]), "--out",
+                 str(fresh)]) == 2
+    assert "is not a megatron dist checkpoint" in capsys.readouterr().err
+    assert not fresh.exists()
+
+
+def test_cli_exit_code_in_a_real_process(hf_dirs, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_checkpoint.py"),
+                           "hf-to-megatron", "--hf", str(hf_dirs["llama"]), "--out", str(out),
+                           "--tp", "3"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert "error: --tp 3 does not divide num_attention_heads=4" in proc.stderr
+    assert not out.exists()
+
+
+def test_atomic_output_removes_everything_on_error(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_output(out) as tmp:
+        (tmp / "half-written.safetensors").write_bytes(b"x")
+        raise RuntimeError("disk full")
+    assert not out.exists() and not list(tmp_path.iterdir())
