@@ -44,8 +44,12 @@ class ModelConfig:
     """Share the input embedding and the output layer."""
     init_method_std: float = 0.02
     """Std of the normal init for random weights."""
+    architecture: str = "LlamaForCausalLM"
+    """HF architecture of the weight mapping (LlamaForCausalLM | Qwen2ForCausalLM |
+    Qwen3ForCausalLM); taken from config.json when hf_path is set."""
     hf_path: str | None = None
-    """Hugging Face directory to import weights from (None: random init)."""
+    """Hugging Face directory to start from (weights, architecture, tokenizer). None:
+    random init from these fields and a tokenizer trained on the prompt data."""
 
 
 @dataclass(frozen=True)

