@@ -28,9 +28,51 @@ def _cmd_check_recipe(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from maestro_megatron.config import ConfigError, load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from maestro_megatron.trainer.loop import train
+
+    run_dir = train(recipe)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _cmd_explain(args) -> int:
+    from maestro_megatron.trainer.explain import explain, format_weights, read_pairs
+
+    if args.pairs is not None:
+        pairs = read_pairs(args.pairs)
+    else:
+        from maestro_megatron.data.prompts import load_builtin_rows
+
+        pairs, seen = [], {}
+        for row in load_builtin_rows():  # the first 3 built-in examples of each task
+            if seen.setdefault(row["task"], 0) < 3:
+                seen[row["task"]] += 1
+                pairs.append(row)
+    components, weights, _ = explain(args.run_dir, pairs)
+    print(format_weights(pairs, components, weights))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maestro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="run a MAESTRO recipe (under torchrun/srun for TP/PP/DP)")
+    p.add_argument("recipe", help="recipe YAML, e.g. recipes/tiny_cpu.yaml")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("explain", help="the Conductor's weights for prompt+response pairs")
+    p.add_argument("run_dir", help="a finished run directory (runs/tiny_cpu)")
+    p.add_argument("--pairs", default=None,
+                   help="JSONL with prompt/response[/task] rows (default: built-in examples)")
+    p.set_defaults(func=_cmd_explain)
     p = sub.add_parser("bandit", help="train a Conductor on the synthetic contextual bandit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=150)

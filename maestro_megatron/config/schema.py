@@ -251,6 +251,10 @@ class RolloutConfig:
     """vLLM memory fraction (GPU)."""
     enable_sleep_mode: bool = False
     """Free engine memory during training (GPU vLLM only)."""
+    refit_bucket_mb: int = 512
+    """Size bound of one refit bucket (MiB)."""
+    tensor_parallel: int = 1
+    """Engine tensor parallelism (GPU)."""
 
 
 @dataclass(frozen=True)
@@ -265,6 +269,24 @@ class DataConfig:
     """Column with the reference answer (may be empty)."""
     task_key: str = "task"
     """Column with the task category."""
+    prompt_format: str = "plain"
+    """plain (prompt text + newline) | chat (the tokenizer's chat template)."""
+    tokenizer_vocab_size: int = 512
+    """Without model.hf_path: size of the tokenizer trained on the prompt data."""
+
+
+@dataclass(frozen=True)
+class WarmupConfig:
+    """Supervised warm-up before GRPO (the tiny recipe learns the answer format)."""
+
+    num_steps: int = 0
+    """Optimizer steps of supervised fine-tuning (0: none)."""
+    lr: float = 3e-3
+    """Warm-up learning rate (constant)."""
+    batch_size: int = 16
+    """Sequences per warm-up step (global)."""
+    path: str | None = None
+    """JSONL with prompt and response columns (None: the built-in set's responses)."""
 
 
 @dataclass(frozen=True)
@@ -281,6 +303,10 @@ class RunConfig:
     """Checkpoint every this many steps (0: only at the end)."""
     log_every: int = 1
     """Metric logging cadence."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept (older ones are deleted)."""
+    progress: bool = True
+    """Progress bar with ETA on the logging rank."""
 
 
 @dataclass(frozen=True)
@@ -295,5 +321,6 @@ class Recipe:
     scalarizer: ScalarizerConfig = field(default_factory=ScalarizerConfig)
     conductor: ConductorConfig = field(default_factory=ConductorConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)

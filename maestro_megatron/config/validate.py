@@ -135,4 +135,8 @@ def validate_recipe(recipe: Recipe) -> None:
     _check(ro.temperature > 0.0, "rollout.temperature", f"must be > 0, got {ro.temperature}")
     _check(0.0 < ro.top_p <= 1.0, "rollout.top_p", f"must be in (0, 1], got {ro.top_p}")
     _check(ro.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
+    _check(ro.refit_bucket_mb >= 1, "rollout.refit_bucket_mb", "must be >= 1")
+    _one_of(recipe.data.prompt_format, {"plain", "chat"}, "data.prompt_format")
+    _check(recipe.warmup.num_steps >= 0, "warmup.num_steps", "must be >= 0")
     _check(recipe.run.num_steps >= 0, "run.num_steps", "must be >= 0")
+    _check(recipe.run.keep_checkpoints >= 1, "run.keep_checkpoints", "must be >= 1")

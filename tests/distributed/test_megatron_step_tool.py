@@ -15,7 +15,9 @@ def test_megatron_step_tool_tp2_dp2():
     out = run_torchrun(REPO_ROOT / "tools" / "megatron_step.py", 4,
                        [str(REPO_ROOT / "recipes" / "tiny_cpu.yaml"),
                         "parallel.tensor_parallel=2", "run.num_steps=2",
-                        "conductor.update_every=1", "model.seq_length=32"])
+                        "conductor.update_every=1", "model.seq_length=32",
+                        "grpo.num_prompts_per_step=4", "grpo.group_size=4",
+                        "grpo.micro_batch_size=4"])
     lines = [json.loads(line) for line in out.splitlines() if line.startswith('{"step"')]
     assert [line["step"] for line in lines] == [1, 2]
     for line in lines:

@@ -1,0 +1,125 @@
+"""Rollouts between the engine and the trainer: sample on the leader, share, pack.
+
+A `RolloutBatch` holds N prompts and their N*G responses in group order (response row
+r belongs to prompt r // G). The leader (global rank 0) drives the engine; every rank
+gets the same batch by broadcast and takes its data-parallel rows, whole groups only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from maestro_megatron.megatron.forward import SequenceBatch
+
+
+@dataclass
+class RolloutBatch:
+    """N prompts x G responses. Lists of length N (prompts) or N*G (responses)."""
+
+    prompts: list[str]
+    references: list[str | None]
+    tasks: list[str]
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    response_texts: list[str]
+    truncated: list[bool]
+    group_size: int
+
+    @property
+    def num_responses(self) -> int:
+        return len(self.response_ids)
+
+    def per_response(self, values: list) -> list:
+        """Repeat a per-prompt list G times: [N] -> [N*G]."""
+        return [v for v in values for _ in range(self.group_size)]
+
+    def groups_slice(self, first: int, count: int) -> RolloutBatch:
+        """Prompts [first, first + count) and their responses."""
+        g = self.group_size
+        rs = slice(first * g, (first + count) * g)
+        ps = slice(first, first + count)
+        return RolloutBatch(self.prompts[ps], self.references[ps], self.tasks[ps],
+                            self.prompt_ids[ps], self.response_ids[rs],
+                            self.response_texts[rs], self.truncated[rs], g)
+
+
+def encode_prompt(tokenizer, prompt: str, prompt_format: str) -> list[int]:
+    """plain: tokens of `prompt + "\\n"`; chat: the tokenizer's chat template."""
+    if prompt_format == "chat":
+        return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                  add_generation_prompt=True, tokenize=True))
+    return list(tokenizer(prompt + "\n", add_special_tokens=True)["input_ids"])
+
+
+def collect_rollouts(engine, records, tokenizer, sampling, group_size: int,
+                     prompt_format: str) -> RolloutBatch:
+    """Leader only: G samples per prompt from the engine (prompts passed as token ids)."""
+    prompt_ids = [encode_prompt(tokenizer, r.prompt, prompt_format) for r in records]
+    groups = engine.generate(prompt_ids, group_size, sampling)
+    responses = [resp for g in groups for resp in g.responses]
+    return RolloutBatch(
+        prompts=[r.prompt for r in records], references=[r.reference for r in records],
+        tasks=[r.task for r in records], prompt_ids=prompt_ids,
+        response_ids=[list(r.token_ids) for r in responses],
+        response_texts=[r.text for r in responses],
+        truncated=[r.truncated for r in responses], group_size=group_size)
+
+
+def broadcast_rollouts(batch: RolloutBatch | None, src: int = 0) -> RolloutBatch:
+    """Every rank gets the leader's batch (a pickled object broadcast over the world)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return batch
+    box = [batch]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def pack_sequences(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
+                   seq_length: int) -> SequenceBatch:
+    """Right-padded rows prompt + completion, cut at seq_length; mask on the completion.
+
+    -> SequenceBatch(tokens [B, S], response_mask [B, S]), S = longest row.
+    """
+    rows = [(p + c)[:seq_length] for p, c in zip(prompt_ids, completion_ids)]
+    width = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width)
+    for i, (row, prompt) in enumerate(zip(rows, prompt_ids)):
+        tokens[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, min(len(prompt), len(row)):len(row)] = 1.0
+    return SequenceBatch(tokens=tokens, response_mask=mask)
+
+
+def response_sequences(batch: RolloutBatch, pad_id: int, seq_length: int) -> SequenceBatch:
+    """The policy's view: prompt + sampled response, mask on the response tokens."""
+    return pack_sequences(batch.per_response(batch.prompt_ids), batch.response_ids, pad_id,
+                          seq_length)
+
+
+def answer_sequences(batch: RolloutBatch, tokenizer, pad_id: int, seq_length: int,
+                     answer_pattern: str) -> tuple[SequenceBatch, torch.Tensor]:
+    """r_ppl's view: prompt + response reasoning + "<answer>" + REFERENCE + "</answer>",
+    mask on the reference tokens (responses without a reference get an empty mask).
+
+    Returns (SequenceBatch [B, S'], has_reference [B] bool).
+    """
+    completions, mask_from = [], []
+    for text, ref in zip(batch.response_texts, batch.per_response(batch.references)):
+        reasoning = re.sub(answer_pattern, "", text, flags=re.DOTALL).rstrip()
+        head = tokenizer(reasoning + "<answer>", add_special_tokens=False)["input_ids"]
+        answer = tokenizer(ref, add_special_tokens=False)["input_ids"] if ref else []
+        tail = tokenizer("</answer>", add_special_tokens=False)["input_ids"] if ref else []
+        completions.append(head + answer + tail)
+        mask_from.append((len(head), len(head) + len(answer)))
+    prompts = batch.per_response(batch.prompt_ids)
+    seqs = pack_sequences(prompts, completions, pad_id, seq_length)
+    mask = torch.zeros_like(seqs.response_mask)
+    for i, (p, (a, b)) in enumerate(zip(prompts, mask_from)):
+        mask[i, min(len(p) + a, seq_length):min(len(p) + b, seq_length)] = 1.0
+    has_ref = torch.tensor([r is not None and r != "" for r in
+                            batch.per_response(batch.references)])
+    return SequenceBatch(tokens=seqs.tokens, response_mask=mask), has_ref

@@ -1,0 +1,106 @@
+"""The tiny recipe's SentencePiece tokenizer, as a Hugging Face directory."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from maestro_megatron.data import builtin_texts, load_builtin_rows
+from maestro_megatron.data.tokenizer import (
+    FORMAT_TOKENS,
+    train_builtin_tokenizer,
+    train_tokenizer,
+)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok")
+    start = time.perf_counter()
+    train_builtin_tokenizer(out)
+    elapsed = time.perf_counter() - start
+    print(f"tokenizer trained + saved in {elapsed:.3f} s")
+    assert elapsed < 5.0
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok(tok_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+
+
+def test_directory_and_ids(tok_dir, tok):
+    names = {p.name for p in tok_dir.iterdir()}
+    assert {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+            "tokenizer.model"} <= names
+    assert len(tok) == tok.vocab_size == 512
+    assert (tok.pad_token_id, tok.unk_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2, 3)
+    assert tok.convert_tokens_to_ids(list(FORMAT_TOKENS)) == [4, 5, 6, 7]
+    assert tok.convert_tokens_to_ids("\n") == 8
+
+
+def test_format_tags_are_single_non_special_tokens(tok):
+    text = "<think>3 plus 4 is 7.</think><answer>7</answer>"
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id and tok.eos_token_id not in ids
+    pieces = tok.convert_ids_to_tokens(ids)
+    assert pieces == ["<s>", "<think>", "3", "▁plus", "▁", "4", "▁is", "▁", "7", ".",
+                      "</think>", "<answer>", "7", "</answer>"]
+    # vLLM decodes with skip_special_tokens=True: the tags must survive it
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert tok.decode(ids) == "<s>" + text
+    for tag in FORMAT_TOKENS:
+        ids = tok(f"a{tag}b", add_special_tokens=False)["input_ids"]
+        assert tok.convert_ids_to_tokens(ids) == ["▁a", tag, "b"]
+
+
+def test_round_trip_and_agreement_with_sentencepiece(tok_dir, tok):
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tok_dir / "tokenizer.model"))
+    lone_prefix = sp.piece_to_id("▁")
+    extra = ["What is 12 + 7?", "Hello  world, (x) = [y]!", "line one\nline two", "ZEBRA"]
+    for text in builtin_texts() + extra:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids, text
+        assert tok.decode(ids) == text
+        sp_ids = sp.encode(text)
+        # SentencePiece writes its dummy-prefix "▁" before a leading user symbol
+        if text.startswith("<") and sp_ids[0] == lone_prefix:
+            sp_ids = sp_ids[1:]
+        assert ids == sp_ids, text
+
+
+def test_builtin_responses_are_short(tok):
+    lengths = [len(tok(r["response"], add_special_tokens=False)["input_ids"])
+               for r in load_builtin_rows()]
+    print(f"response tokens: min {min(lengths)} max {max(lengths)}")
+    assert 10 <= min(lengths) and max(lengths) <= 40  # fits rollout.max_new_tokens = 48
+
+
+def test_deterministic_files(tok_dir, tmp_path):
+    again = train_builtin_tokenizer(tmp_path / "again")
+    for path in sorted(tok_dir.iterdir()):
+        assert (again / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_vocab_size_and_chat_template(tmp_path):
+    from transformers import AutoTokenizer
+
+    template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    out = train_tokenizer(builtin_texts(), tmp_path / "t300", vocab_size=300,
+                          chat_template=template)
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert len(tok) == 300
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert chat == "user: hi\n"
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ValueError, match="no texts"):
+        train_tokenizer(["", ""], tmp_path / "none")
+    with pytest.raises(RuntimeError, match="Vocabulary size too high"):
+        train_tokenizer(["a tiny corpus"], tmp_path / "big", vocab_size=50_000)
