@@ -16,25 +16,30 @@ def _cmd_bandit(args) -> int:
     return 0
 
 
-def _cmd_check_recipe(args) -> int:
-    from maestro_megatron.config import ConfigError, load_recipe, recipe_to_dict
+def _load_recipe(args):
+    """The recipe of `args.recipe` + `args.overrides`, or None after printing the error."""
+    from maestro_megatron.config import ConfigError, load_recipe
 
     try:
-        recipe = load_recipe(args.recipe, args.overrides)
+        return load_recipe(args.recipe, args.overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_check_recipe(args) -> int:
+    from maestro_megatron.config import recipe_to_dict
+
+    recipe = _load_recipe(args)
+    if recipe is None:
         return 2
     print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
     return 0
 
 
 def _cmd_train(args) -> int:
-    from maestro_megatron.config import ConfigError, load_recipe
-
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    recipe = _load_recipe(args)
+    if recipe is None:
         return 2
     from maestro_megatron.trainer.loop import train
 
@@ -44,10 +49,11 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_explain(args) -> int:
-    from maestro_megatron.trainer.explain import explain, format_weights, read_pairs
+    from maestro_megatron.data.prompts import load_sft_rows
+    from maestro_megatron.trainer.explain import explain, format_weights
 
     if args.pairs is not None:
-        pairs = read_pairs(args.pairs)
+        pairs = load_sft_rows(args.pairs)
     else:
         from maestro_megatron.data.prompts import load_builtin_rows
 

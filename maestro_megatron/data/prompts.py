@@ -301,8 +301,9 @@ def load_builtin_rows() -> list[dict[str, str]]:
 
 def load_sft_rows(path: str | Path | None = None, *, prompt_key: str = "prompt",
                   response_key: str = "response") -> list[dict[str, str]]:
-    """Supervised warm-up pairs ``{"prompt": ..., "response": ...}`` from a JSONL / CSV /
-    JSON file (None: the built-in set). Errors name the file, line and key."""
+    """Supervised warm-up pairs ``{"prompt": ..., "response": ...}`` (plus ``"task"`` when
+    the row has one) from a JSONL / CSV / JSON file (None: the built-in set). Errors
+    name the file, line and key."""
     path = Path(path) if path is not None else BUILTIN_PROMPTS
     reader = READERS.get(path.suffix.lower())
     if reader is None:
@@ -319,7 +320,10 @@ def load_sft_rows(path: str | Path | None = None, *, prompt_key: str = "prompt",
                 raise DataError(f"{path}: {where}: missing key {key!r}")
             if not isinstance(row[key], str) or not row[key].strip():
                 raise DataError(f"{path}: {where}: key {key!r} must be a non-empty string")
-        rows.append({"prompt": row[prompt_key], "response": row[response_key]})
+        pair = {"prompt": row[prompt_key], "response": row[response_key]}
+        if isinstance(row.get("task"), str):
+            pair["task"] = row["task"]
+        rows.append(pair)
     if not rows:
         raise DataError(f"{path}: empty file (no rows)")
     return rows

@@ -75,10 +75,8 @@ def _launcher_env() -> tuple[int, int, int]:
     elif "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
         rank, world = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
         local = int(os.environ.get("SLURM_LOCALID", 0))
-        # torch's env:// rendezvous reads these; srun does not set them itself.
-        os.environ.setdefault("RANK", str(rank))
-        os.environ.setdefault("WORLD_SIZE", str(world))
-        os.environ.setdefault("LOCAL_RANK", str(local))
+        # (rank and world size go to init_process_group explicitly: the environment of
+        # the process is left as it is.)
     else:
         rank, world, local = 0, 1, 0
     return rank, world, local

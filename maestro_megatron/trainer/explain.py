@@ -8,7 +8,6 @@ saved Conductor (`conductor.pt`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -31,25 +30,6 @@ def load_conductor(path: Path) -> tuple[Conductor, list[str]]:
                           p_min=blob["p_min"])
     conductor.load_state_dict(blob["state_dict"])
     return conductor, blob["components"]
-
-
-def read_pairs(path: Path) -> list[dict]:
-    """JSONL rows with "prompt" and "response" (and optionally "task")."""
-    rows = []
-    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{line_no}: invalid JSON: {exc.msg}") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
-                or not isinstance(row.get("response"), str):
-            raise ValueError(f"{path}:{line_no}: needs string fields 'prompt' and 'response'")
-        rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return rows
 
 
 def explain(run_dir: Path, pairs: list[dict]) -> tuple[list[str], torch.Tensor, torch.Tensor]:

@@ -17,22 +17,17 @@ import torch
 import torch.distributed as dist
 
 from maestro_megatron.config.schema import ModelConfig
+from maestro_megatron.megatron.model import unwrap_model
 from maestro_megatron.megatron.parallel import ParallelGroups
 from maestro_megatron.weights import layout
 from maestro_megatron.weights.mapping import DecoderMapping
 from maestro_megatron.weights.units import Unit, to_hf
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
 def _find_param(chunks: list[torch.nn.Module], unit: Unit) -> torch.Tensor | None:
     """This rank's parameter of `unit` (its TP shard), or None if another stage holds it."""
     for chunk in chunks:
-        model = _unwrap(chunk)
+        model = unwrap_model(chunk)
         impl = getattr(model.config, "transformer_impl", "local")
         spec = "transformer_engine" if impl == "transformer_engine" else "local"
         local = None
@@ -99,7 +94,7 @@ def iter_hf_weights(model_chunks: list[torch.nn.Module], mapping: DecoderMapping
     """
     if groups.dp_rank != 0 or groups.cp_rank != 0:
         return
-    dtype = _unwrap(model_chunks[0]).config.params_dtype
+    dtype = unwrap_model(model_chunks[0]).config.params_dtype
     device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
     for unit in mapping.units(cfg):
         param = _find_param(model_chunks, unit)

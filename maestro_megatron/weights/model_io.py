@@ -11,18 +11,13 @@ from pathlib import Path
 import torch
 
 from maestro_megatron.config.schema import ModelConfig
+from maestro_megatron.megatron.model import unwrap_model
 from maestro_megatron.weights.errors import ConversionError
 from maestro_megatron.weights.hf_io import HFCheckpoint
 from maestro_megatron.weights.mapping import DecoderMapping
 from maestro_megatron.weights.units import read_megatron_shard
 
 VOCAB_KEYS = ("embedding.word_embeddings.weight", "output_layer.weight")
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def _spec(model: torch.nn.Module) -> str:
@@ -59,7 +54,7 @@ def import_hf_weights(model_chunks: list[torch.nn.Module], hf: HFCheckpoint,
 
     count = 0
     for chunk in model_chunks:
-        model = _unwrap(chunk)
+        model = unwrap_model(chunk)
         pairs = list(_targets(model, mapping, cfg))
         for unit, param in tqdm(pairs, desc="hf->megatron", disable=not progress):
             shard = read_megatron_shard(unit, hf.read, cfg, padded_vocab, tp_rank, tp_size)
@@ -74,8 +69,8 @@ def import_hf_weights(model_chunks: list[torch.nn.Module], hf: HFCheckpoint,
 
 def _sharded_state_dict(model_chunks: list[torch.nn.Module]) -> dict:
     if len(model_chunks) == 1:
-        return _unwrap(model_chunks[0]).sharded_state_dict()
-    return {f"model{i}": _unwrap(m).sharded_state_dict() for i, m in enumerate(model_chunks)}
+        return unwrap_model(model_chunks[0]).sharded_state_dict()
+    return {f"model{i}": unwrap_model(m).sharded_state_dict() for i, m in enumerate(model_chunks)}
 
 
 def save_megatron_checkpoint(model_chunks: list[torch.nn.Module], ckpt_dir: Path) -> None:
@@ -142,7 +137,7 @@ def load_megatron_checkpoint(model_chunks: list[torch.nn.Module], ckpt_dir: Path
             local[: rows.shape[0]] = rows
             states[i][name] = local
     for chunk, sd, skipped in zip(model_chunks, states, absent):
-        result = _unwrap(chunk).load_state_dict(sd, strict=not skipped)
+        result = unwrap_model(chunk).load_state_dict(sd, strict=not skipped)
         missing = set(getattr(result, "missing_keys", ())) - skipped
         if missing or getattr(result, "unexpected_keys", None):
             raise ConversionError(f"checkpoint does not fit the model: missing {sorted(missing)}, "

@@ -74,9 +74,10 @@ def test_builtin_file_is_what_the_generator_writes():
 
 def test_sft_rows(tmp_path):
     rows = load_sft_rows()
-    assert len(rows) == 196 and set(rows[0]) == {"prompt", "response"}
+    assert len(rows) == 196 and set(rows[0]) == {"prompt", "response", "task"}
     assert rows[0] == {"prompt": "What is 0 + 3?",
-                       "response": "<think>0 plus 3 is 3.</think><answer>3</answer>"}
+                       "response": "<think>0 plus 3 is 3.</think><answer>3</answer>",
+                       "task": "arith"}
     path = tmp_path / "sft.csv"
     path.write_text("q,a\nHi?,<answer>hi</answer>\nBye?,\n", encoding="utf-8")
     with pytest.raises(DataError, match=re.escape(f"{path}: line 3: key 'a' must be")):
