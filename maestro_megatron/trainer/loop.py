@@ -171,7 +171,8 @@ def train(recipe: Recipe) -> Path:
                                         offset=offset_prompts * g.group_size)
                     advantages = sc.advantages
                     step_stats, task_weights = step_metrics(recipe, local, sc, conductor,
-                                                            fwd.policy.h, groups)
+                                                            fwd.policy.h, fwd.policy.logprobs,
+                                                            groups)
                     metrics.update(step_stats)
             zeros = torch.zeros(rows, seq, device=device)
             extras = {"advantages": advantages.to(device),

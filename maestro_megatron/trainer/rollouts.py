@@ -28,6 +28,8 @@ class RolloutBatch:
     response_texts: list[str]
     truncated: list[bool]
     group_size: int
+    rollout_logprobs: list[list[float]]
+    """[N*G][T_i] the engine's sampler logprobs of each response token."""
 
     @property
     def num_responses(self) -> int:
@@ -44,7 +46,8 @@ class RolloutBatch:
         ps = slice(first, first + count)
         return RolloutBatch(self.prompts[ps], self.references[ps], self.tasks[ps],
                             self.prompt_ids[ps], self.response_ids[rs],
-                            self.response_texts[rs], self.truncated[rs], g)
+                            self.response_texts[rs], self.truncated[rs], g,
+                            self.rollout_logprobs[rs])
 
 
 def encode_prompt(tokenizer, prompt: str, prompt_format: str) -> list[int]:
@@ -66,7 +69,8 @@ def collect_rollouts(engine, records, tokenizer, sampling, group_size: int,
         tasks=[r.task for r in records], prompt_ids=prompt_ids,
         response_ids=[list(r.token_ids) for r in responses],
         response_texts=[r.text for r in responses],
-        truncated=[r.truncated for r in responses], group_size=group_size)
+        truncated=[r.truncated for r in responses], group_size=group_size,
+        rollout_logprobs=[r.rollout_logprobs.tolist() for r in responses])
 
 
 def broadcast_rollouts(batch: RolloutBatch | None, src: int = 0) -> RolloutBatch:
@@ -123,3 +127,22 @@ def answer_sequences(batch: RolloutBatch, tokenizer, pad_id: int, seq_length: in
     has_ref = torch.tensor([r is not None and r != "" for r in
                             batch.per_response(batch.references)])
     return SequenceBatch(tokens=seqs.tokens, response_mask=mask), has_ref
+
+
+def engine_trainer_gap(batch: RolloutBatch, trainer_logprobs: torch.Tensor) -> torch.Tensor:
+    """|engine sampler logprob - trainer logprob| of every scored response token, flat.
+
+    trainer_logprobs: [B, S] aligned with `response_sequences(batch, ...)` (position t
+    scores token t). With temperature 1 and top-p 1 the two are the same distribution,
+    so after a correct refit the gap is float round-off.
+    """
+    gaps = []
+    seq = trainer_logprobs.shape[1]
+    for i, (prompt, lps) in enumerate(zip(batch.per_response(batch.prompt_ids),
+                                          batch.rollout_logprobs)):
+        count = max(0, min(len(lps), seq - len(prompt)))
+        if count:
+            engine = torch.tensor(lps[:count], dtype=torch.float32)
+            gaps.append((trainer_logprobs[i, len(prompt):len(prompt) + count].float().cpu()
+                         - engine).abs())
+    return torch.cat(gaps) if gaps else torch.zeros(0)

@@ -19,7 +19,12 @@ from maestro_megatron.megatron.forward import ForwardOutput, SequenceBatch, forw
 from maestro_megatron.megatron.parallel import ParallelGroups
 from maestro_megatron.rewards import RewardBatch, compute_rewards, normalize_components
 from maestro_megatron.rewards import scalar_reward as weighted_reward
-from maestro_megatron.trainer.rollouts import RolloutBatch, answer_sequences, response_sequences
+from maestro_megatron.trainer.rollouts import (
+    RolloutBatch,
+    answer_sequences,
+    engine_trainer_gap,
+    response_sequences,
+)
 
 
 @dataclass
@@ -119,12 +124,15 @@ def scalarize_step(recipe: Recipe, rewards: torch.Tensor, fwd: Forwards, scalari
 
 
 def step_metrics(recipe: Recipe, local: RolloutBatch, sc: Scalarized, conductor, h,
-                 groups: ParallelGroups) -> tuple[dict[str, float], dict[str, list[float]]]:
+                 fwd_logprobs: torch.Tensor, groups: ParallelGroups
+                 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Global means over the batch (gathered over DP) and per-task Conductor weights.
 
     reward/scalar is w . r on the raw components with the weights used (R itself is
     built from group-normalised components, so its mean is ~ -beta KL by construction:
     reported as reward/scalar_normalized); reward/mean_raw is the unweighted mean.
+    rollout/logprob_gap_max (temperature 1, top-p 1 only): the largest |engine sampler
+    logprob - trainer logprob| of any response token, a per-step check of the refit.
     Returns ({"reward/<name>", "reward/scalar", "reward/advantage_abs", "kl/seq",
     "response/length", "response/truncated", "conductor/policy_entropy", ...},
     {task: mean deterministic weights w(h) [K]}).
@@ -138,6 +146,10 @@ def step_metrics(recipe: Recipe, local: RolloutBatch, sc: Scalarized, conductor,
                  "reward/advantage_abs": sc.advantages.abs().sum().item(),
                  "kl/seq": sc.kl_seq.sum().item(), "response/length": lengths.sum().item(),
                  "response/truncated": float(sum(local.truncated))})
+    sampling = recipe.rollout
+    if sampling.temperature == 1.0 and sampling.top_p == 1.0:
+        gap = engine_trainer_gap(local, fwd_logprobs)
+        sums["rollout/logprob_gap_max"] = gap.max().item() if gap.numel() else 0.0
     tasks = local.per_response(local.tasks)
     weights = conductor.weights(h).cpu() if conductor is not None else sc.weights
     per_task: dict[str, list] = {}
@@ -155,7 +167,10 @@ def step_metrics(recipe: Recipe, local: RolloutBatch, sc: Scalarized, conductor,
         parts = [None] * groups.dp_size
         dist.all_gather_object(parts, local_view, group=groups.dp)
     count = sum(p[2] for p in parts)
-    metrics = {key: sum(p[0][key] for p in parts) / count for key in sums}
+    metrics = {key: sum(p[0][key] for p in parts) / count for key in sums
+               if key != "rollout/logprob_gap_max"}
+    if "rollout/logprob_gap_max" in sums:  # a max, not a mean
+        metrics["rollout/logprob_gap_max"] = max(p[0]["rollout/logprob_gap_max"] for p in parts)
     merged: dict[str, list] = {}
     for _, tasks_part, _ in parts:
         for task, (wsum, n, ssum) in tasks_part.items():
