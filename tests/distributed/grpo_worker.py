@@ -12,11 +12,11 @@ their results (one file per TP and DP rank).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 from layout_worker import MODEL, _load, _save
+from layout_worker import main as layout_main
 
 from maestro_megatron.algorithms import group_advantages, kl_estimate, masked_seq_mean
 from maestro_megatron.conductor import (
@@ -133,19 +133,5 @@ def run_layout(spec: str, ckpt: Path, out: Path, save: bool) -> None:
         }, out / f"{spec.replace(',', '_')}_tp{groups.tp_rank}_dp{groups.dp_rank}.pt")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--ckpt", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--save", action="store_true")
-    parser.add_argument("--layouts", nargs="+", default=["1,1"])
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    for spec in args.layouts:
-        run_layout(spec, args.ckpt, args.out, args.save)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main()
+    layout_main(run_layout)

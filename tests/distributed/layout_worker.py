@@ -118,7 +118,9 @@ def run_layout(spec: str, ckpt: Path, out: Path, save: bool) -> None:
         }, out / f"{spec.replace(',', '_')}_dp{groups.dp_rank}.pt")
 
 
-def main() -> None:
+def main(run=None) -> None:
+    """Parse --ckpt/--out/--save/--layouts and run `run(spec, ckpt, out, save)` per layout
+    (default: this file's `run_layout`); grpo_worker.py reuses it with its own step."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--ckpt", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
@@ -127,7 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     for spec in args.layouts:
-        run_layout(spec, args.ckpt, args.out, args.save)
+        (run or run_layout)(spec, args.ckpt, args.out, args.save)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
