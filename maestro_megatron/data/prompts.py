@@ -266,6 +266,19 @@ def _record(row: Any, where: str, path: Path, keys: tuple[str, str, str]) -> Pro
     return PromptRecord(prompt=prompt, reference=reference or None, task=task or path.stem)
 
 
+def _reader(path: str | Path | None, what: str):
+    """(path, row reader) for a data file (None: the built-in set); DataError on an
+    unknown extension or a missing file."""
+    path = Path(path) if path is not None else BUILTIN_PROMPTS
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unknown {what} extension {path.suffix!r} "
+                        f"(expected one of {sorted(READERS)})")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return path, reader
+
+
 def load_prompts(path: str | Path | None = None, *, prompt_key: str = "prompt",
                  reference_key: str = "reference", task_key: str = "task") -> list[PromptRecord]:
     """Read ``path`` (``.jsonl``, ``.csv`` or a ``.json`` list; None: the built-in set).
@@ -274,13 +287,7 @@ def load_prompts(path: str | Path | None = None, *, prompt_key: str = "prompt",
     Raises `DataError` (file + line + key) on the first malformed row, on an empty file
     and on an unknown extension.
     """
-    path = Path(path) if path is not None else BUILTIN_PROMPTS
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(f"{path}: unknown prompt file extension {path.suffix!r} "
-                        f"(expected one of {sorted(READERS)})")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    path, reader = _reader(path, "prompt file")
     keys = (prompt_key, reference_key, task_key)
     records = [_record(row, where, path, keys) for where, row in reader(path)]
     if not records:
@@ -304,13 +311,7 @@ def load_sft_rows(path: str | Path | None = None, *, prompt_key: str = "prompt",
     """Supervised warm-up pairs ``{"prompt": ..., "response": ...}`` (plus ``"task"`` when
     the row has one) from a JSONL / CSV / JSON file (None: the built-in set). Errors
     name the file, line and key."""
-    path = Path(path) if path is not None else BUILTIN_PROMPTS
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(f"{path}: unknown file extension {path.suffix!r} "
-                        f"(expected one of {sorted(READERS)})")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    path, reader = _reader(path, "file")
     rows = []
     for where, row in reader(path):
         if not isinstance(row, dict):

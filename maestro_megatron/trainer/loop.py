@@ -137,11 +137,11 @@ def train(recipe: Recipe) -> Path:
         from maestro_megatron.scorers import build_scorer
 
         scorer = build_scorer(recipe.rewards.pref)
-    engine = _build_engine(recipe, models.engine_dir, models.cfg.seq_length) if leader else None
-    if engine is not None and start_step > 0:
+    steps_left = start_step < run.num_steps
+    engine = _build_engine(recipe, models.engine_dir, models.cfg.seq_length) \
+        if leader and steps_left else None
+    if start_step > 0 and steps_left:  # the engine started from pre-resume weights
         refit(engine, models, groups, recipe.rollout.refit_bucket_mb)
-    elif start_step > 0:
-        refit(None, models, groups, recipe.rollout.refit_bucket_mb)
     num_global = g.num_prompts_per_step * g.group_size
     offset_prompts = groups.dp_rank * per_rank
     writer = RunWriter(run_dir, recipe_to_dict(recipe), enabled=logger,

@@ -74,7 +74,7 @@ def export_hf(model_chunks: list[torch.nn.Module], cfg: ModelConfig, groups: Par
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     pending: dict[str, torch.Tensor] = {}
-    files: list[dict[str, torch.Tensor]] = []
+    files: list[list[str]] = []
     written: list[Path] = []
     size, dtype = 0, None
     for name, tensor in iter_hf_weights(model_chunks, get_mapping(cfg.architecture), cfg,
@@ -85,14 +85,14 @@ def export_hf(model_chunks: list[torch.nn.Module], cfg: ModelConfig, groups: Par
         if pending and size + tensor.numel() * tensor.element_size() > max_shard_bytes:
             written.append(tmp / f"part-{len(written)}.safetensors")
             write_shard(written[-1], pending)
-            files.append({k: None for k in pending})
+            files.append(list(pending))
             pending, size = {}, 0
         pending[name] = tensor.cpu()
         size += tensor.numel() * tensor.element_size()
     if leader:
         written.append(tmp / f"part-{len(written)}.safetensors")
         write_shard(written[-1], pending)
-        files.append({k: None for k in pending})
+        files.append(list(pending))
         weight_map, total = {}, 0
         for i, (path, names) in enumerate(zip(written, files)):
             final = tmp / shard_file_name(i, len(written))

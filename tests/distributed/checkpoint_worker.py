@@ -17,7 +17,7 @@ import random
 from pathlib import Path
 
 import torch
-from grpo_worker import GROUP, MODEL, NUM_PROMPTS, SEQ, K
+from grpo_worker import GROUP, MODEL, NUM_PROMPTS, SEQ, K, make_batch
 
 from maestro_megatron.algorithms import group_advantages
 from maestro_megatron.conductor import (
@@ -73,23 +73,9 @@ class State:
                     conductor_optimizer=self.conductor_opt, meta_buffer=self.buffer)
 
 
-def make_batch(step: int) -> SequenceBatch:
-    gen = torch.Generator().manual_seed(100 + step)
-    rows = NUM_PROMPTS * GROUP
-    tokens = torch.randint(1, MODEL.vocab_size, (rows, SEQ), generator=gen)
-    mask = torch.zeros(rows, SEQ)
-    for row in range(rows):
-        prompt = 3 + (row // GROUP) % 4
-        tokens[row, :prompt] = tokens[(row // GROUP) * GROUP, :prompt]
-        response = 4 + (5 * row + step) % 15
-        mask[row, prompt:prompt + response] = 1
-        tokens[row, prompt + response:] = 0
-    return SequenceBatch(tokens=tokens, response_mask=mask)
-
-
 def train_step(st: State, step: int) -> dict:
     groups = st.groups
-    full = make_batch(st.cursor)
+    full = make_batch(100 + st.cursor, st.cursor)
     st.cursor += 1
     rows = full.batch_size // groups.dp_size
     offset = groups.dp_rank * rows

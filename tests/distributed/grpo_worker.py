@@ -47,16 +47,19 @@ GRPO = GRPOConfig(num_prompts_per_step=NUM_PROMPTS, group_size=GROUP, micro_batc
 # ~ lr * sign(grad) and amplifies them on near-zero gradients).
 
 
-def make_batch() -> SequenceBatch:
-    """N*G right-padded rows; the G rows of a prompt share its prompt tokens."""
-    gen = torch.Generator().manual_seed(0)
+def make_batch(seed: int = 0, shift: int = 0) -> SequenceBatch:
+    """N*G right-padded rows; the G rows of a prompt share its prompt tokens.
+
+    `shift` varies the response lengths (the checkpoint worker draws one batch per step).
+    """
+    gen = torch.Generator().manual_seed(seed)
     rows = NUM_PROMPTS * GROUP
     tokens = torch.randint(1, MODEL.vocab_size, (rows, SEQ), generator=gen)
     mask = torch.zeros(rows, SEQ)
     for row in range(rows):
         prompt = 3 + (row // GROUP) % 4
         tokens[row, :prompt] = tokens[(row // GROUP) * GROUP, :prompt]
-        response = 4 + (5 * row) % 15
+        response = 4 + (5 * row + shift) % 15
         mask[row, prompt:prompt + response] = 1
         tokens[row, prompt + response:] = 0
     return SequenceBatch(tokens=tokens, response_mask=mask)
