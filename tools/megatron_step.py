@@ -6,8 +6,10 @@
 Random (seeded) weights and random prompt+response tokens stand in for vLLM rollouts,
 and random reward vectors for the reward components; everything else is the real
 Megatron path: policy (DDP + distributed optimizer) and frozen reference forward,
-vocab-parallel logprobs/entropy, h at the last response token, per-response Conductor
-actions, group advantages, `grpo_train_step`, and the DP-averaged Conductor update.
+vocab-parallel logprobs/entropy, h at the last response token, the recipe's scalarizer
+through the trainer's own `scalarize_step` (per-response Conductor actions, group
+advantages), `grpo_train_step`, and the scalarizer's update hook (the DP-averaged
+Conductor update).
 The last rank prints one JSON line of metrics per step (with seconds per step).
 """
 
@@ -21,20 +23,19 @@ import torch
 
 
 def main(argv: list[str]) -> None:
-    from maestro_megatron.algorithms import group_advantages, kl_estimate, masked_seq_mean
-    from maestro_megatron.conductor import (
-        MetaBuffer,
-        conductor_from_config,
-        conductor_update,
-        schedule_from_config,
-    )
     from maestro_megatron.config import load_recipe
-    from maestro_megatron.megatron.conductor_replica import average_gradients, sample_actions
-    from maestro_megatron.megatron.forward import SequenceBatch, forward_logprobs
+    from maestro_megatron.data.packing import SequenceBatch
+    from maestro_megatron.megatron.conductor_replica import average_gradients, check_replicas
+    from maestro_megatron.megatron.forward import forward_logprobs
     from maestro_megatron.megatron.model import build_model
     from maestro_megatron.megatron.parallel import destroy_distributed, init_distributed
     from maestro_megatron.megatron.train_step import build_optimizer, grpo_train_step
-    from maestro_megatron.rewards import normalize_components, scalar_reward
+    from maestro_megatron.scalarizers import (
+        ReplicaSync,
+        build_scalarizer,
+        scalarize_step,
+        step_uniforms,
+    )
 
     recipe = load_recipe(argv[0], argv[1:])
     m, g, run = recipe.model, recipe.grpo, recipe.run
@@ -50,14 +51,14 @@ def main(argv: list[str]) -> None:
     optimizer, scheduler = build_optimizer(g, recipe.parallel, recipe.precision, policy,
                                            run.num_steps)
     num_k = len(recipe.rewards.components)
-    conductor = conductor_from_config(recipe.conductor, m.hidden_size, num_k)
-    cond_opt = torch.optim.Adam(conductor.parameters(), lr=recipe.conductor.lr)
-    schedule, buffer = schedule_from_config(recipe.conductor), MetaBuffer()
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    scalarizer = build_scalarizer(recipe, d_model=m.hidden_size, device=device)
+    sync = ReplicaSync(average_gradients=lambda c: average_gradients(c, groups.dp),
+                       check_replicas=lambda c: check_replicas(c, groups.tp))
 
     num_global = g.num_prompts_per_step * g.group_size
     rows, seq = num_global // groups.dp_size, m.seq_length
     offset = groups.dp_rank * rows
-    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
     kw = dict(micro_batch_size=g.micro_batch_size, vocab_size=m.vocab_size)
     for step in range(1, run.num_steps + 1):
         start = time.perf_counter()
@@ -71,30 +72,24 @@ def main(argv: list[str]) -> None:
         batch = SequenceBatch(tokens[sl].to(device), mask[sl].float().to(device))
         old = forward_logprobs(policy, batch, groups, **kw)
         ref = forward_logprobs(reference, batch, groups, **kw)
-        advantages = torch.zeros(rows, device=device)
-        if groups.is_last_stage:
-            actions = sample_actions(conductor.to(device), old.h, seed=recipe.conductor.seed,
-                                     step=step, num_global=num_global, offset=offset)
-            r_norm = normalize_components(rewards[sl].view(-1, g.group_size, num_k),
-                                          recipe.rewards.normalization).view(-1, num_k)
-            kl = masked_seq_mean(kl_estimate(old.logprobs, ref.logprobs, g.kl_kind),
-                                 batch.response_mask)
-            scores = scalar_reward(conductor.action_weights(actions), r_norm.to(device), kl,
-                                   g.kl_coef)
-            advantages = group_advantages(scores.view(-1, g.group_size), eps=g.adv_eps,
-                                          normalize_std=g.normalize_std).flatten()
-            buffer.append(old.h, actions, advantages)
+        advantages, sc = torch.zeros(rows, device=device), None
+        if groups.is_last_stage:  # the trainer's own scalarize -> KL -> R -> A chain
+            sc = scalarize_step(
+                scalarizer, rewards[sl], logprobs=old.logprobs, ref_logprobs=ref.logprobs,
+                response_mask=batch.response_mask, h=old.h, step=step, grpo=g,
+                normalization=recipe.rewards.normalization,
+                uniforms=step_uniforms(recipe.scalarizer.seed, step, num_global, offset, rows))
+            advantages = sc.advantages
         zeros = torch.zeros(rows, seq, device=device)
-        extras = {"advantages": advantages,
+        extras = {"advantages": advantages.to(device),
                   "old_logprobs": old.logprobs if old is not None else zeros,
                   "ref_logprobs": ref.logprobs if ref is not None else zeros}
         metrics = grpo_train_step(policy, optimizer, scheduler,
                                   SequenceBatch(batch.tokens, batch.response_mask, extras=extras),
                                   g, groups, vocab_size=m.vocab_size)
-        if groups.is_last_stage and schedule.is_update_step(step):
-            metrics.update(conductor_update(conductor, cond_opt, buffer, schedule,
-                                            recipe.conductor.ent_coef,
-                                            grad_sync=lambda c: average_gradients(c, groups.dp)))
+        if sc is not None:
+            scalarizer.observe(sc.context, sc.used, sc.advantages)
+            metrics.update(scalarizer.update(step, sync))
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         metrics["timing/step_s"] = time.perf_counter() - start

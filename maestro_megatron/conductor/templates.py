@@ -17,6 +17,16 @@ def emphasis_templates(num_components: int, rho: float = 0.5) -> torch.Tensor:
     return uniform + rho * torch.eye(num_components)
 
 
+def simplex_violation(row) -> str | None:
+    """Why a template row is not on the simplex (negative weight, sum != 1), or None."""
+    values = [float(x) for x in row]
+    if min(values) < 0.0:
+        return f"{values} has a negative weight (not on the simplex)"
+    if abs(sum(values) - 1.0) > SIMPLEX_TOL:
+        return f"{values} sums to {sum(values):.6g}, not 1 (not on the simplex)"
+    return None
+
+
 def validate_templates(templates: torch.Tensor) -> torch.Tensor:
     """Check a [J, K] template matrix lies on the simplex row by row; returns it as float."""
     templates = torch.as_tensor(templates, dtype=torch.float32)
@@ -24,9 +34,7 @@ def validate_templates(templates: torch.Tensor) -> torch.Tensor:
         raise ValueError("templates must be a non-empty [J, K] matrix, "
                          f"got {tuple(templates.shape)}")
     for j, row in enumerate(templates):
-        if bool((row < 0).any()):
-            raise ValueError(f"templates[{j}] = {row.tolist()} has a negative weight")
-        if abs(float(row.sum()) - 1.0) > SIMPLEX_TOL:
-            raise ValueError(f"templates[{j}] = {row.tolist()} sums to "
-                             f"{float(row.sum()):.6g}, not 1")
+        problem = simplex_violation(row.tolist())
+        if problem is not None:
+            raise ValueError(f"templates[{j}] = {problem}")
     return templates

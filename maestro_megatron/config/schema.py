@@ -200,11 +200,14 @@ class ScalarizerConfig:
     """How the reward vector becomes a scalar: a registry name and its options."""
 
     name: str = "conductor"
-    """conductor | equal | random | single."""
+    """A scalarizer registry name: conductor | equal | random | single (or your own)."""
     component: str | None = None
     """For name=single: the one component used (e.g. ppl for NOVER)."""
     dirichlet_alpha: float = 1.0
     """For name=random: concentration of the per-response Dirichlet."""
+    seed: int = 1234
+    """Seed of the per-step global uniform stream the scalarizer draws from (Conductor
+    actions, random weights): the same on every rank, whatever the layout."""
 
 
 @dataclass(frozen=True)
@@ -231,8 +234,6 @@ class ConductorConfig:
     """After an update: clear | window."""
     window_size: int = 4096
     """For buffer=window: keep the newest this many triples."""
-    seed: int = 1234
-    """Seed of the action-sampling generator (same on TP peers)."""
 
 
 @dataclass(frozen=True)
@@ -301,8 +302,8 @@ class RunConfig:
     """Run directory."""
     save_every: int = 0
     """Checkpoint every this many steps (0: only at the end)."""
-    log_every: int = 1
-    """Metric logging cadence."""
+    verbose: bool = False
+    """Show the rollout engine's INFO logs and library warnings (default: WARNING)."""
     keep_checkpoints: int = 2
     """Newest checkpoints kept (older ones are deleted)."""
     progress: bool = True

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from maestro_megatron.config.schema import ModelConfig, ParallelConfig, Recipe
 
-SIMPLEX_TOL = 1e-6
-
 
 def _check(cond: bool, key: str, message: str) -> None:
     if not cond:
@@ -54,6 +52,8 @@ def check_layout(model: ModelConfig, parallel: ParallelConfig, world_size: int |
 
 
 def _check_templates(recipe: Recipe) -> None:
+    from maestro_megatron.conductor.templates import simplex_violation
+
     templates = recipe.conductor.templates
     if templates is None:
         return
@@ -62,14 +62,14 @@ def _check_templates(recipe: Recipe) -> None:
     for j, row in enumerate(templates):
         key = f"conductor.templates[{j}]"
         _check(len(row) == num_k, key, f"has {len(row)} weights, rewards.components has {num_k}")
-        _check(min(row) >= 0.0, key, f"{list(row)} has a negative weight (not on the simplex)")
-        _check(abs(sum(row) - 1.0) <= SIMPLEX_TOL, key,
-               f"{list(row)} sums to {sum(row):.6g}, not 1 (not on the simplex)")
+        problem = simplex_violation(row)
+        _check(problem is None, key, str(problem))
 
 
 def validate_recipe(recipe: Recipe) -> None:
     """Raise ValueError("key: message") on the first rule a recipe breaks."""
-    from maestro_megatron.rewards import REWARDS, SCALARIZERS
+    from maestro_megatron.rewards import REWARDS
+    from maestro_megatron.scalarizers import SCALARIZERS
 
     m, g, r, c = recipe.model, recipe.grpo, recipe.rewards, recipe.conductor
     for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
@@ -114,10 +114,7 @@ def validate_recipe(recipe: Recipe) -> None:
 
     s = recipe.scalarizer
     _one_of(s.name, set(SCALARIZERS), "scalarizer.name")
-    if s.name == "single":
-        _check(s.component in r.components, "scalarizer.component",
-               f"{s.component!r} must be one of rewards.components {list(r.components)}")
-    _check(s.dirichlet_alpha > 0.0, "scalarizer.dirichlet_alpha", "must be > 0")
+    SCALARIZERS[s.name].check_recipe(recipe)
 
     _check(c.tau > 0.0, "conductor.tau", f"must be > 0, got {c.tau}")
     _check(0.0 <= c.rho <= 1.0, "conductor.rho", f"must be in [0, 1], got {c.rho}")

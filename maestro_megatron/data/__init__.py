@@ -11,9 +11,8 @@ from maestro_megatron.data.prompts import (
     load_data_config,
     load_prompts,
     load_sft_rows,
-    shard_prompts,
 )
 
 __all__ = ["ALIASES", "BUILTIN_PROMPTS", "DataError", "PromptRecord", "PromptStream",
            "builtin_texts", "load_builtin_rows", "load_data_config", "load_prompts",
-           "load_sft_rows", "shard_prompts"]
+           "load_sft_rows"]

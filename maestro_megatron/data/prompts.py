@@ -400,12 +400,3 @@ class PromptStream:
             raise DataError(f"prompt stream cursor {state['cursor']} out of range")
         self.seed, self.epoch, self.cursor = state["seed"], state["epoch"], state["cursor"]
         self._order = self._permutation(self.epoch)
-
-
-def shard_prompts(batch: Sequence[PromptRecord], dp_rank: int, dp_size: int) -> list:
-    """This data-parallel rank's contiguous slice (whole prompts: groups never straddle)."""
-    if len(batch) % dp_size:
-        raise ValueError(f"{len(batch)} prompts per step do not split over {dp_size} "
-                         f"data-parallel ranks")
-    per_rank = len(batch) // dp_size
-    return list(batch[dp_rank * per_rank:(dp_rank + 1) * per_rank])

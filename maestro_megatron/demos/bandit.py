@@ -14,15 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from maestro_megatron.algorithms import group_advantages
-from maestro_megatron.conductor import (
-    Conductor,
-    MetaBuffer,
-    TwoTimescale,
-    conductor_update,
-    emphasis_templates,
-)
-from maestro_megatron.rewards import build_scalarizer, scalar_reward
+from maestro_megatron.conductor import Conductor, TwoTimescale, emphasis_templates
+from maestro_megatron.config.schema import GRPOConfig
+from maestro_megatron.scalarizers import ConductorScalarizer, scalarize_step
 
 COMPONENTS = ("ppl", "fmt", "ent", "len", "pref")
 
@@ -74,18 +68,20 @@ def run_bandit(setup: BanditSetup = BanditSetup()) -> dict:
     torch.manual_seed(setup.seed)
     centers, means = _clusters(setup, gen)
     conductor = Conductor(setup.d_model, emphasis_templates(len(COMPONENTS), 0.5))
-    scalarizer = build_scalarizer("conductor", COMPONENTS, conductor=conductor)
-    optim = torch.optim.Adam(conductor.parameters(), lr=setup.lr)
-    schedule = TwoTimescale(update_every=setup.update_every, epochs=setup.epochs)
-    buffer = MetaBuffer()
+    scalarizer = ConductorScalarizer(
+        conductor, lr=setup.lr, ent_coef=setup.ent_coef,
+        schedule=TwoTimescale(update_every=setup.update_every, epochs=setup.epochs))
+    grpo = GRPOConfig(group_size=setup.group_size, kl_coef=0.0)
     for step in range(1, setup.num_steps + 1):
         h, rewards, cluster = _draw(setup, centers, means, gen)
-        weights, actions = scalarizer(h, h.shape[0], gen)
-        scores = scalar_reward(weights, rewards.view(h.shape[0], -1))
-        adv = group_advantages(scores.view(setup.num_prompts, setup.group_size)).flatten()
-        buffer.append(h, actions, adv, cluster)
-        if schedule.is_update_step(step):
-            conductor_update(conductor, optim, buffer, schedule, setup.ent_coef)
+        rows = h.shape[0]
+        no_tokens = torch.zeros(rows, 1)  # no policy here: KL = 0
+        sc = scalarize_step(scalarizer, rewards.view(rows, -1), logprobs=no_tokens,
+                            ref_logprobs=no_tokens, response_mask=torch.ones(rows, 1), h=h,
+                            step=step, grpo=grpo, normalization="none", task_ids=cluster,
+                            uniforms=torch.rand(rows, generator=gen, dtype=torch.float64))
+        scalarizer.observe(sc.context, sc.used, sc.advantages)
+        scalarizer.update(step)
     return evaluate(conductor, centers, means, setup)
 
 

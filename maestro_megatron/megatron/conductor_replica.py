@@ -1,13 +1,14 @@
 """The Conductor as a replicated module on every last-pipeline-stage rank (DESIGN.md 4).
 
-Plumbing only: the math is `maestro_megatron.conductor`. Every last-stage rank holds
-a full copy. TP peers see identical h (the final-layernorm output is replicated
-across TP without sequence parallelism), so they draw from generators seeded
-identically and get identical actions; DP ranks take their slice of one global
-stream of uniforms (layout-invariant sampling), and their gradients are averaged
-over the DP group
-(each rank's loss is the mean over its own N_local*G triples; with equal shards the DP
-average is the global 1/(NG) mean).
+Plumbing only: the math is `maestro_megatron.conductor`, the sampling and the update
+hooks are `maestro_megatron.scalarizers.ConductorScalarizer`. Every last-stage rank
+holds a full copy. TP peers see identical h (the final-layernorm output is replicated
+across TP without sequence parallelism) and the same slice of the step's uniform
+stream, so they draw identical actions; DP ranks take their own slice of that stream
+(layout-invariant sampling). The functions here are what the trainer passes to the
+scalarizer as its `ReplicaSync`: DP gradient averaging (each rank's loss is the mean
+over its own N_local*G triples; with equal shards the DP average is the global 1/(NG)
+mean) and the TP drift check.
 """
 
 from __future__ import annotations
@@ -16,19 +17,6 @@ import torch
 import torch.distributed as dist
 
 from maestro_megatron.conductor import Conductor
-
-
-def sample_actions(conductor: Conductor, h: torch.Tensor, *, seed: int, step: int,
-                   num_global: int, offset: int) -> torch.Tensor:
-    """Per-response actions for this rank's rows [offset, offset + B) of the global batch.
-
-    Every rank draws the same stream of `num_global` uniforms from (seed, step) and
-    takes its slice, so TP peers draw identical actions and the actions do not depend
-    on the data-parallel split. h: [B, d_model] -> [B] long.
-    """
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    uniforms = torch.rand(num_global, generator=gen, dtype=torch.float64)
-    return conductor.sample_from_uniforms(h, uniforms[offset:offset + h.shape[0]])
 
 
 def broadcast_parameters(conductor: Conductor, group: dist.ProcessGroup) -> None:

@@ -25,49 +25,16 @@ undone here, so the synchronised gradient is exactly d(global loss)/d(theta).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 import torch.distributed as dist
 
+from maestro_megatron.data.packing import SequenceBatch
 from maestro_megatron.megatron.model import unwrap_model
 from maestro_megatron.megatron.parallel import ParallelGroups
 from maestro_megatron.megatron.vocab_parallel import vocab_parallel_logprobs_and_entropy
-
-
-@dataclass(frozen=True)
-class SequenceBatch:
-    """A padded batch of prompt+response sequences (one data-parallel rank's share)."""
-
-    tokens: torch.Tensor
-    """[B, S] long token ids."""
-    response_mask: torch.Tensor
-    """[B, S] 1 on the tokens to score (response tokens), 0 on prompt and padding."""
-    position_ids: torch.Tensor | None = None
-    """[B, S] long; None: 0..S-1 on every row."""
-    attention_mask: torch.Tensor | None = None
-    """[B, 1, S, S] bool, True = masked; None: causal."""
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Per-sequence tensors [B, ...] (advantages, old logprobs, ...) split with the batch."""
-
-    @property
-    def batch_size(self) -> int:
-        return self.tokens.size(0)
-
-    def slice(self, start: int, stop: int) -> SequenceBatch:
-        """Rows [start, stop) of every field."""
-        def cut(t):
-            return None if t is None else t[start:stop]
-
-        return replace(
-            self,
-            tokens=self.tokens[start:stop],
-            response_mask=self.response_mask[start:stop],
-            position_ids=cut(self.position_ids),
-            attention_mask=cut(self.attention_mask),
-            extras={k: v[start:stop] for k, v in self.extras.items()},
-        )
 
 
 @dataclass

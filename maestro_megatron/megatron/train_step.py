@@ -13,37 +13,14 @@ import torch
 import torch.distributed as dist
 
 from maestro_megatron.algorithms import kl_estimate, policy_loss
-from maestro_megatron.config.schema import GRPOConfig, ParallelConfig, PrecisionConfig
-from maestro_megatron.megatron.forward import SequenceBatch, run_forward_backward
+from maestro_megatron.config.schema import GRPOConfig
+from maestro_megatron.data.packing import SequenceBatch
+from maestro_megatron.megatron.forward import run_forward_backward
+from maestro_megatron.megatron.optimizer import build_optimizer
 from maestro_megatron.megatron.parallel import ParallelGroups
 
-
-def build_optimizer(grpo: GRPOConfig, parallel: ParallelConfig, precision: PrecisionConfig,
-                    model_chunks: list[torch.nn.Module], num_steps: int):
-    """megatron-core Adam (distributed when the recipe says so) and its LR scheduler.
-
-    Returns (optimizer, scheduler). The scheduler warms up linearly over
-    grpo.lr_warmup_steps, then decays (constant | linear | cosine) to grpo.min_lr at
-    num_steps.
-    """
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
-    config = OptimizerConfig(
-        optimizer="adam", lr=grpo.lr, min_lr=grpo.min_lr, weight_decay=grpo.weight_decay,
-        clip_grad=grpo.clip_grad, adam_beta1=grpo.adam_beta1, adam_beta2=grpo.adam_beta2,
-        adam_eps=grpo.adam_eps, bf16=precision.dtype == "bf16" and torch.cuda.is_available(),
-        fp16=precision.dtype == "fp16" and torch.cuda.is_available(),
-        params_dtype=model_chunks[0].config.params_dtype,
-        use_distributed_optimizer=parallel.use_distributed_optimizer)
-    optimizer = get_megatron_optimizer(config, model_chunks)
-    scheduler = OptimizerParamScheduler(
-        optimizer, init_lr=0.0 if grpo.lr_warmup_steps else grpo.lr, max_lr=grpo.lr,
-        min_lr=grpo.min_lr, lr_warmup_steps=grpo.lr_warmup_steps,
-        lr_decay_steps=max(num_steps, grpo.lr_warmup_steps + 1),
-        lr_decay_style=grpo.lr_decay_style, start_wd=grpo.weight_decay,
-        end_wd=grpo.weight_decay, wd_incr_steps=max(num_steps, 1), wd_incr_style="constant")
-    return optimizer, scheduler
+__all__ = ["GlobalCounts", "build_optimizer", "global_counts", "grpo_loss_fn", "grpo_train_step",
+           "optimizer_step", "reduce_metrics", "sft_loss_fn"]
 
 
 @dataclass(frozen=True)

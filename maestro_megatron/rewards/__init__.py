@@ -1,8 +1,11 @@
-"""Reward components, their normalisation and the scalarizers. Imports torch only."""
+"""Reward components, their normalisation and the scalar reward. Imports torch only."""
 
 from maestro_megatron.rewards.batch import PreferenceScorer, RewardBatch
 from maestro_megatron.rewards.components import (
+    NEEDS_PROXY,
+    NEEDS_SCORER,
     REWARDS,
+    RewardSpec,
     compute_rewards,
     ent_reward,
     fmt_reward,
@@ -10,17 +13,13 @@ from maestro_megatron.rewards.components import (
     ppl_reward,
     pref_reward,
     register_reward,
+    reward_needs,
     strip_answer,
 )
 from maestro_megatron.rewards.normalize import normalize_components
-from maestro_megatron.rewards.scalarize import (
-    SCALARIZERS,
-    build_scalarizer,
-    register_scalarizer,
-    scalar_reward,
-)
+from maestro_megatron.rewards.scalarize import scalar_reward
 
-__all__ = ["REWARDS", "SCALARIZERS", "PreferenceScorer", "RewardBatch", "build_scalarizer",
-           "compute_rewards", "ent_reward", "fmt_reward", "len_reward", "normalize_components",
-           "ppl_reward", "pref_reward", "register_reward", "register_scalarizer",
-           "scalar_reward", "strip_answer"]
+__all__ = ["NEEDS_PROXY", "NEEDS_SCORER", "REWARDS", "PreferenceScorer", "RewardBatch",
+           "RewardSpec", "compute_rewards", "ent_reward", "fmt_reward", "len_reward",
+           "normalize_components", "ppl_reward", "pref_reward", "register_reward",
+           "reward_needs", "scalar_reward", "strip_answer"]

@@ -1,8 +1,11 @@
 """The five MAESTRO reward components (DESIGN.md section 3), as pure functions.
 
-Each returns a float per response, [B]. The registry `REWARDS` maps a recipe name to an
-adapter `(RewardBatch, options) -> [B]`; new components are a function plus
-`@register_reward("name")`.
+Each returns a float per response, [B]. The registry `REWARDS` maps a recipe name to a
+`RewardSpec`: an adapter `(RewardBatch, options) -> [B]` and the inputs it needs that
+cost a forward or a model (`NEEDS_PROXY`: the r_ppl proxy forward of prompt + reasoning
++ reference; `NEEDS_SCORER`: a preference scorer), so the trainer asks the registry
+what to compute instead of testing names. New components are a function plus
+`@register_reward("name", needs=...)`.
 """
 
 from __future__ import annotations
@@ -10,22 +13,40 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from maestro_megatron.rewards.batch import RewardBatch
 
 RewardFn = Callable[[RewardBatch, object], torch.Tensor]
-REWARDS: dict[str, RewardFn] = {}
+NEEDS_PROXY = "proxy_forward"
+NEEDS_SCORER = "pref_scorer"
 
 
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+@dataclass(frozen=True)
+class RewardSpec:
+    """A registered component: its adapter and the costly inputs it needs."""
+
+    fn: RewardFn
+    needs: frozenset[str] = frozenset()
+
+
+REWARDS: dict[str, RewardSpec] = {}
+
+
+def register_reward(name: str, needs: tuple[str, ...] = ()) -> Callable[[RewardFn], RewardFn]:
     def deco(fn: RewardFn) -> RewardFn:
         if name in REWARDS:
             raise ValueError(f"reward {name!r} is already registered")
-        REWARDS[name] = fn
+        REWARDS[name] = RewardSpec(fn, frozenset(needs))
         return fn
     return deco
+
+
+def reward_needs(components) -> frozenset[str]:
+    """The union of what the named components need (NEEDS_PROXY, NEEDS_SCORER, ...)."""
+    return frozenset().union(*(REWARDS[name].needs for name in components))
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -93,7 +114,7 @@ def strip_answer(response: str, answer_pattern: str) -> str:
     return re.sub(answer_pattern, "", response, flags=re.DOTALL)
 
 
-@register_reward("ppl")
+@register_reward("ppl", needs=(NEEDS_PROXY,))
 def _ppl(batch: RewardBatch, opts) -> torch.Tensor:
     batch.require("proxy_answer_logprobs", "proxy_answer_mask")
     has_ref = torch.tensor([r is not None for r in batch.references])
@@ -118,7 +139,7 @@ def _len(batch: RewardBatch, opts) -> torch.Tensor:
     return len_reward(batch.response_lengths, opts.target_tokens, opts.max_tokens)
 
 
-@register_reward("pref")
+@register_reward("pref", needs=(NEEDS_SCORER,))
 def _pref(batch: RewardBatch, opts) -> torch.Tensor:
     batch.require("pref_scorer")
     return pref_reward(batch.pref_scorer, batch.prompts, batch.responses, batch.references)
@@ -130,5 +151,5 @@ def compute_rewards(batch: RewardBatch, components: tuple[str, ...], options) ->
     for name in components:
         if name not in REWARDS:
             raise KeyError(f"reward {name!r} is not registered (known: {sorted(REWARDS)})")
-        columns.append(REWARDS[name](batch, getattr(options, name, None)).float())
+        columns.append(REWARDS[name].fn(batch, getattr(options, name, None)).float())
     return torch.stack(columns, dim=1)

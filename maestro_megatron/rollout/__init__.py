@@ -18,6 +18,7 @@ from maestro_megatron.rollout.refit import (
     RefitStats,
     iter_buckets,
     refit_engine,
+    refit_policy,
     serialize_bucket,
     verify_refit,
 )
@@ -36,5 +37,5 @@ def build_engine(name: str, model: str, **kwargs) -> RolloutEngine:
 __all__ = [
     "DEFAULT_BUCKET_BYTES", "ENGINES", "EngineFeatureUnsupported", "RefitStats", "Response",
     "RolloutEngine", "RolloutGroup", "SamplingConfig", "VLLMEngine", "build_engine",
-    "iter_buckets", "refit_engine", "serialize_bucket", "verify_refit",
+    "iter_buckets", "refit_engine", "refit_policy", "serialize_bucket", "verify_refit",
 ]

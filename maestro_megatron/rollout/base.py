@@ -8,7 +8,7 @@ vLLM implementation lives in `vllm_engine.py` and new engines join `ENGINES` in
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 Prompts = Sequence[str] | Sequence[Sequence[int]]
 
 DEFAULT_BUCKET_BYTES = 512 * 1024 * 1024
-"""Refit bucket size used by `RolloutEngine.load_weights` when none is given."""
+"""Default size bound of one refit bucket (`rollout.refit.refit_engine`)."""
 
 
 class EngineFeatureUnsupported(NotImplementedError):
@@ -119,13 +119,6 @@ class RolloutEngine(abc.ABC):
     @abc.abstractmethod
     def finish_refit(self) -> None:
         """Drop state computed with the old weights (e.g. cached prefixes' KV)."""
-
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
-                     bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
-        """Replace the engine's weights in place with `named_tensors` (HF names)."""
-        from maestro_megatron.rollout.refit import refit_engine
-
-        refit_engine(self, named_tensors, bucket_bytes)
 
     def sleep(self, level: int = 1) -> None:
         """Free engine memory (weights with level 2, KV cache) until `wake_up`."""

@@ -138,6 +138,28 @@ def refit_engine(engine: RolloutEngine, named_tensor_iter: Iterable[NamedTensor]
                       time.perf_counter() - start)
 
 
+def refit_policy(engine: RolloutEngine | None, model_chunks, cfg, groups,
+                 bucket_bytes: int) -> dict[str, float]:
+    """THE refit entry point of training: gather this replica's policy shards into
+    HF-named tensors (collective: every rank of the model-parallel group runs it) and
+    load them into `engine` (on the rank hosting it; None elsewhere).
+
+    model_chunks: the policy's (DDP-wrapped) chunks; cfg: ModelConfig; groups:
+    ParallelGroups. Returns the refit metrics ({} on ranks without an engine).
+    """
+    from maestro_megatron.weights.gather import iter_hf_weights
+    from maestro_megatron.weights.registry import get_mapping
+
+    weights = iter_hf_weights(model_chunks, get_mapping(cfg.architecture), cfg, groups)
+    try:
+        if engine is None:
+            return {}
+        return refit_engine(engine, weights, bucket_bytes).metrics()
+    finally:
+        for _ in weights:  # keep the other ranks' collectives matched (and on an error)
+            pass
+
+
 TrainerLogprobFn = Callable[[Sequence[Sequence[int]], Sequence[int]], Sequence[torch.Tensor]]
 
 

@@ -39,6 +39,15 @@ def prompt_seed(seed: int, index: int) -> int:
     return (z ^ (z >> 31)) & 0x3FFFFFFF
 
 
+def quiet_vllm() -> None:
+    """vLLM logs at WARNING: the env variable reaches the engine-core processes it
+    spawns; the logger level covers a vLLM already imported in this process."""
+    import logging
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"])
+
+
 class VLLMEngine(RolloutEngine):
     """A `vllm.LLM` with in-place refit (see `maestro_megatron.rollout.refit`).
 
@@ -55,6 +64,8 @@ class VLLMEngine(RolloutEngine):
         logprobs_mode: "processed_logprobs" (default): `rollout_logprobs` are those of the
             distribution actually sampled (after temperature / top-p), i.e. what the
             trainer computes from logits / temperature; "raw_logprobs": temperature 1.
+        verbose: keep vLLM's INFO logs (default: WARNING and above, in every engine
+            process; an explicit VLLM_LOGGING_LEVEL in the environment wins).
         engine_kwargs: more `vllm.LLM` keyword arguments (override the above).
     """
 
@@ -62,8 +73,10 @@ class VLLMEngine(RolloutEngine):
                  max_model_len: int | None = None, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.5, enable_sleep_mode: bool = False,
                  kv_cache_bytes: int | None = None, enforce_eager: bool | None = None,
-                 logprobs_mode: str = "processed_logprobs",
+                 logprobs_mode: str = "processed_logprobs", verbose: bool = False,
                  engine_kwargs: dict[str, Any] | None = None) -> None:
+        if not verbose:
+            quiet_vllm()
         import vllm.envs as envs
         from vllm import LLM
         from vllm.platforms import current_platform

@@ -5,10 +5,9 @@ One checkpoint directory ``<ckpt_root>/step_00000042/`` holds
 - the policy and its (distributed) optimizer state as one megatron-core ``torch_dist``
   checkpoint (every rank writes its shards; ``model0``, ``model1``, ... are the VPP
   chunks, ``optimizer`` the optimizer's sharded state),
-- ``conductor/dp_00000.pt``: the Conductor (state_dict + config: templates, tau, p_min,
-  d_model) and its Adam state, written once (it is replicated on every last-stage
-  rank), and per data-parallel rank the meta buffer (each DP rank buffers the (h, a, A)
-  triples of its own share of the batch),
+- ``scalarizer/dp_00000.pt``: per data-parallel rank, the scalarizer's `state_dict()`
+  (for the Conductor: weights + config, its Adam state and that rank's meta buffer of
+  (h, a, A) triples), written by the last-stage TP-rank-0 replica,
 - ``rng/rank_00000.pt``: each rank's RNG states (python, numpy, torch CPU, CUDA, the
   megatron model-parallel RNG tracker, and any caller-owned ``torch.Generator``),
 - ``meta.json`` (written last, by the leader): step, the caller's ``extra`` (data cursor,
@@ -36,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from maestro_megatron.megatron.model import unwrap_model
+from maestro_megatron.megatron.optimizer import ensure_optimizer_state, restore_adam_steps
 from maestro_megatron.megatron.parallel import ParallelGroups
 from maestro_megatron.trainer.outputs import atomic_write_text
 
@@ -66,65 +66,13 @@ def _model_sharded_state(model_chunks, groups: ParallelGroups) -> dict:
             for i, chunk in enumerate(model_chunks)}
 
 
-def _ensure_optimizer_state(optimizer) -> None:
-    """Allocate the Adam state of a fresh distributed optimizer before loading into it.
-
-    Without Apex/TE (CPU: torch Adam), megatron-core 0.16.1's
-    `DistributedOptimizer.state_dict()`, which `sharded_state_dict(is_loading=True)`
-    calls first, asserts that the inner optimizer already holds a "step". Megatron's own
-    remedy (used for FSDP) is one optimizer step on zero gradients; it runs here at lr 0
-    so that not even weight decay touches the parameters (they are loaded next anyway).
-    """
-    from megatron.core.optimizer import distrib_optimizer as dopt
-
-    if dopt.HAVE_APEX_OR_TE:
-        return
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if not isinstance(opt, dopt.DistributedOptimizer) or opt.optimizer.state:
-            continue
-        lrs = [group["lr"] for group in opt.optimizer.param_groups]
-        for group in opt.optimizer.param_groups:
-            group["lr"] = 0.0
-        opt._init_optimizer_states_with_dummy_values()
-        for group, lr in zip(opt.optimizer.param_groups, lrs):
-            group["lr"] = lr
-
-
-def _restore_adam_steps(optimizer) -> None:
-    """Put the checkpoint's Adam step back into torch Adam's per-parameter state.
-
-    megatron-core 0.16.1 stores the distributed optimizer's step in its param groups and
-    keeps the per-parameter "step" tensor as a LocalNonpersistentObject, i.e. the
-    *current* (pre-load) tensor, which `load_state_dict` then copies back over the
-    loaded step, and its `load_state_dict` hands ONE step tensor to every parameter,
-    which torch's foreach Adam then increments once per parameter and step. Without
-    Apex/TE (torch Adam) either would corrupt the bias correction; each parameter gets
-    its own tensor holding the checkpoint's step here.
-    """
-    from megatron.core.optimizer import distrib_optimizer as dopt
-
-    if dopt.HAVE_APEX_OR_TE:
-        return
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if not isinstance(opt, dopt.DistributedOptimizer):
-            continue
-        for group in opt.optimizer.param_groups:
-            if "step" not in group:
-                continue
-            for param in group["params"]:
-                state = opt.optimizer.state.get(param, {})
-                if "step" in state:
-                    old = state["step"]
-                    state["step"] = torch.full_like(old, float(group["step"]))
-
-
 def _sharded_state(model_chunks, optimizer, groups: ParallelGroups, *, is_loading: bool,
                    sharding_type: str) -> dict:
     """{"model<i>": chunk sharded state, "optimizer": optimizer sharded state}."""
     state = _model_sharded_state(model_chunks, groups)
     if optimizer is not None:
         if is_loading:
-            _ensure_optimizer_state(optimizer)
+            ensure_optimizer_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(
             state, is_loading=is_loading,
             metadata={"distrib_optim_sharding_type": sharding_type})
@@ -159,62 +107,47 @@ def _set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]
         gen.set_state(state["generators"][key])
 
 
-# ---------------------------------------------------------------- Conductor
-def _conductor_config(conductor) -> dict[str, Any]:
-    return {"d_model": conductor.d_model, "tau": conductor.tau, "p_min": conductor.p_min,
-            "templates": conductor.templates.detach().cpu().clone()}
+# ---------------------------------------------------------------- scalarizer
+SCALARIZER_DIR = "scalarizer"
 
 
-def _writes_conductor(groups: ParallelGroups, conductor) -> bool:
+def _writes_scalarizer(groups: ParallelGroups, scalarizer) -> bool:
     """One writer per DP rank: the last-stage, TP-rank-0, CP-rank-0 replica."""
-    return (conductor is not None and groups.is_last_stage and groups.tp_rank == 0
+    return (scalarizer is not None and groups.is_last_stage and groups.tp_rank == 0
             and groups.cp_rank == 0)
 
 
-def _check_conductor_config(saved: dict[str, Any], conductor) -> None:
-    mine = _conductor_config(conductor)
-    for key in ("d_model", "tau", "p_min"):
-        if saved[key] != mine[key]:
-            raise ValueError(f"conductor.{key}: checkpoint has {saved[key]}, run has {mine[key]}")
-    if not torch.equal(saved["templates"], mine["templates"]):
-        raise ValueError("conductor.templates: checkpoint templates differ from the run's")
-
-
-def _load_meta_buffer(ckpt: Path, meta: dict, groups: ParallelGroups, meta_buffer) -> None:
-    """Own DP rank's triples; under a new DP size, all triples re-split evenly (the
-    Conductor loss is a mean over the triples, so the assignment to ranks is free)."""
+def _load_scalarizer(ckpt: Path, meta: dict, groups: ParallelGroups, scalarizer) -> None:
+    """This DP rank's scalarizer state; under a new DP size the scalarizer re-splits the
+    saved per-rank states itself (`Scalarizer.reshard_states`)."""
     saved_dp = meta["layout"]["dp_size"]
+    folder = ckpt / SCALARIZER_DIR
+    files = [folder / f"dp_{r:05d}.pt" for r in range(saved_dp)]
+    if not files[0].is_file():
+        raise FileNotFoundError(f"{ckpt}: holds no scalarizer state ({files[0]} is missing)")
+    name = meta.get("scalarizer")
+    if name != scalarizer.name:
+        raise ValueError(f"scalarizer.name: checkpoint {ckpt} was written by {name!r}, "
+                         f"this run uses {scalarizer.name!r}")
     if saved_dp == groups.dp_size:
-        state = torch.load(ckpt / "conductor" / f"dp_{groups.dp_rank:05d}.pt",
-                           weights_only=False)["meta_buffer"]
-        meta_buffer.load_state_dict(state)
+        scalarizer.load_state_dict(torch.load(files[groups.dp_rank], weights_only=False))
         return
-    parts = [torch.load(ckpt / "conductor" / f"dp_{r:05d}.pt", weights_only=False)["meta_buffer"]
-             for r in range(saved_dp)]
-    parts = [p for p in parts if p]
-    if not parts:
-        meta_buffer.load_state_dict({})
-        return
-    full = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    total = full["actions"].numel()
-    if total % groups.dp_size:
-        raise ValueError(f"meta buffer of {total} triples cannot be split over "
-                         f"{groups.dp_size} data-parallel ranks")
-    size = total // groups.dp_size
-    lo = groups.dp_rank * size
-    meta_buffer.load_state_dict({k: v[lo:lo + size] for k, v in full.items()})
+    states = [torch.load(f, weights_only=False) for f in files]
+    scalarizer.load_state_dict(type(scalarizer).reshard_states(states, groups.dp_rank,
+                                                               groups.dp_size))
 
 
 # ---------------------------------------------------------------- public API
 def save_checkpoint(ckpt_root: Path, step: int, *, model_chunks, optimizer, scheduler,
-                    groups: ParallelGroups, conductor, conductor_optimizer, meta_buffer,
-                    extra: dict, generators: dict[str, torch.Generator] | None = None,
+                    groups: ParallelGroups, scalarizer, extra: dict,
+                    generators: dict[str, torch.Generator] | None = None,
                     sharding_type: str = DEFAULT_SHARDING) -> Path:
     """Write the checkpoint after `step` policy steps; collective over all ranks.
 
     model_chunks: this rank's (DDP-wrapped) chunks; optimizer: megatron's optimizer;
-    scheduler: `OptimizerParamScheduler`; conductor / conductor_optimizer / meta_buffer:
-    None on ranks without a Conductor; extra: JSON-able (data cursor, ...);
+    scheduler: `OptimizerParamScheduler`; scalarizer: the run's scalarizer (its
+    `state_dict()` per DP rank; None on ranks without one); extra: JSON-able (data cursor,
+    ...);
     generators: caller-owned per-rank generators to restore on resume.
     Returns the final directory; `latest` names it once this returns.
     """
@@ -227,7 +160,7 @@ def save_checkpoint(ckpt_root: Path, step: int, *, model_chunks, optimizer, sche
         if tmp.exists():
             shutil.rmtree(tmp)  # a crashed earlier attempt
         (tmp / "rng").mkdir(parents=True)
-        (tmp / "conductor").mkdir()
+        (tmp / SCALARIZER_DIR).mkdir()
     dist.barrier()
 
     from megatron.core import dist_checkpointing
@@ -237,19 +170,13 @@ def save_checkpoint(ckpt_root: Path, step: int, *, model_chunks, optimizer, sche
     dist_checkpointing.save(sharded, str(tmp),
                             content_metadata={"format": FORMAT, "sharding_type": sharding_type})
     torch.save(_rng_state(generators), tmp / "rng" / f"rank_{groups.rank:05d}.pt")
-    if _writes_conductor(groups, conductor):
-        blob: dict[str, Any] = {"meta_buffer": (meta_buffer.state_dict()
-                                              if meta_buffer is not None else {})}
-        if groups.dp_rank == 0:
-            blob["config"] = _conductor_config(conductor)
-            blob["state_dict"] = conductor.state_dict()
-            blob["optimizer"] = (conductor_optimizer.state_dict()
-                                 if conductor_optimizer is not None else None)
-        torch.save(blob, tmp / "conductor" / f"dp_{groups.dp_rank:05d}.pt")
+    if _writes_scalarizer(groups, scalarizer):
+        torch.save(scalarizer.state_dict(), tmp / SCALARIZER_DIR / f"dp_{groups.dp_rank:05d}.pt")
     dist.barrier()
 
     if leader:
         meta = {"format": FORMAT, "step": step, "extra": json.loads(extra_json),
+                "scalarizer": getattr(scalarizer, "name", None),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "sharding_type": sharding_type, "num_model_chunks": len(model_chunks),
                 "world_size": groups.world_size,
@@ -295,15 +222,15 @@ def resolve_checkpoint(path_or_root: Path) -> Path:
 
 
 def load_checkpoint(path_or_root: Path, *, model_chunks, optimizer, scheduler,
-                    groups: ParallelGroups, conductor, conductor_optimizer, meta_buffer,
+                    groups: ParallelGroups, scalarizer,
                     generators: dict[str, torch.Generator] | None = None,
                     load_rng: bool = True) -> dict:
     """Restore everything `save_checkpoint` wrote; collective over all ranks.
 
     The policy and optimizer reshard to the current TP/PP/DP layout (dist_checkpointing);
-    the meta buffer is re-split if the DP size changed; RNG states are restored only
-    when the world size is unchanged (per-rank streams). Pass conductor /
-    conductor_optimizer / meta_buffer as None on ranks that hold no Conductor. Returns
+    the scalarizer's per-rank state is re-split if the DP size changed; RNG states are
+    restored only when the world size is unchanged (per-rank streams). Pass scalarizer
+    None on ranks that hold none. Returns
     {"step", "extra", "path", "rng_restored"}.
     """
     from megatron.core import dist_checkpointing
@@ -326,22 +253,12 @@ def load_checkpoint(path_or_root: Path, *, model_chunks, optimizer, scheduler,
         # no_grad; with fp32 params those are views of leaves that require grad.
         with torch.no_grad():
             optimizer.load_state_dict(state["optimizer"])
-            _restore_adam_steps(optimizer)
+            restore_adam_steps(optimizer)
     if scheduler is not None and meta["scheduler"] is not None:
         scheduler.load_state_dict(meta["scheduler"])
 
-    if conductor is not None:
-        saved = path / "conductor" / "dp_00000.pt"
-        if not saved.is_file():
-            raise FileNotFoundError(f"{path}: holds no Conductor (the run that saved it had "
-                                    "none), but this run has one")
-        blob = torch.load(saved, weights_only=False)
-        _check_conductor_config(blob["config"], conductor)
-        conductor.load_state_dict(blob["state_dict"])
-        if conductor_optimizer is not None and blob["optimizer"] is not None:
-            conductor_optimizer.load_state_dict(blob["optimizer"])
-        if meta_buffer is not None:
-            _load_meta_buffer(path, meta, groups, meta_buffer)
+    if scalarizer is not None:
+        _load_scalarizer(path, meta, groups, scalarizer)
 
     rng_file = path / "rng" / f"rank_{groups.rank:05d}.pt"
     rng_restored = (load_rng and meta["world_size"] == groups.world_size
@@ -386,3 +303,12 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def save_step(state, step: int) -> None:
+    """The run's checkpoint after `step` (a `setup.RunState`), then prune old ones."""
+    save_checkpoint(state.ckpt_root, step, model_chunks=state.models.policy,
+                    optimizer=state.optimizer, scheduler=state.scheduler, groups=state.groups,
+                    scalarizer=state.scalarizer, extra={"data": state.stream.state_dict()})
+    if state.groups.rank == 0:
+        prune_checkpoints(state.ckpt_root, state.recipe.run.keep_checkpoints)

@@ -12,24 +12,7 @@ from pathlib import Path
 
 import torch
 
-from maestro_megatron.conductor import Conductor
-
-
-def save_conductor(path: Path, conductor: Conductor, components: tuple[str, ...]) -> None:
-    """The Conductor beside the policy: its weights and its config (never an HF weight)."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": conductor.state_dict(), "d_model": conductor.d_model,
-                "templates": conductor.templates.cpu(), "tau": conductor.tau,
-                "p_min": conductor.p_min, "components": list(components)}, tmp)
-    tmp.replace(path)
-
-
-def load_conductor(path: Path) -> tuple[Conductor, list[str]]:
-    blob = torch.load(path, map_location="cpu")
-    conductor = Conductor(blob["d_model"], blob["templates"], tau=blob["tau"],
-                          p_min=blob["p_min"])
-    conductor.load_state_dict(blob["state_dict"])
-    return conductor, blob["components"]
+from maestro_megatron.conductor import load_conductor
 
 
 def explain(run_dir: Path, pairs: list[dict]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -37,10 +20,11 @@ def explain(run_dir: Path, pairs: list[dict]) -> tuple[list[str], torch.Tensor, 
     from transformers import AutoTokenizer
 
     from maestro_megatron.config import ParallelConfig, PrecisionConfig, load_recipe
+    from maestro_megatron.data.packing import pack_sequences
     from maestro_megatron.megatron.forward import forward_logprobs
     from maestro_megatron.megatron.model import build_model
     from maestro_megatron.megatron.parallel import destroy_distributed, init_distributed
-    from maestro_megatron.trainer.rollouts import encode_prompt, pack_sequences
+    from maestro_megatron.trainer.rollouts import encode_prompt
     from maestro_megatron.weights.hf_model import hf_model_config, load_hf_weights
 
     run_dir = Path(run_dir)

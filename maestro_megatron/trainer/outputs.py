@@ -167,3 +167,4 @@ def read_conductor_weights(run_dir: Path) -> list[dict]:
     """The Conductor weight records {"step", "time", "components", "weights"}."""
     return _read_jsonl(Path(run_dir) / WEIGHTS_FILE, "Conductor weight history")
 
+

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from maestro_megatron.megatron.forward import SequenceBatch
+from maestro_megatron.data.packing import SequenceBatch, pack_sequences
 
 
 @dataclass
@@ -80,22 +80,6 @@ def broadcast_rollouts(batch: RolloutBatch | None, src: int = 0) -> RolloutBatch
     box = [batch]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def pack_sequences(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
-                   seq_length: int) -> SequenceBatch:
-    """Right-padded rows prompt + completion, cut at seq_length; mask on the completion.
-
-    -> SequenceBatch(tokens [B, S], response_mask [B, S]), S = longest row.
-    """
-    rows = [(p + c)[:seq_length] for p, c in zip(prompt_ids, completion_ids)]
-    width = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), width)
-    for i, (row, prompt) in enumerate(zip(rows, prompt_ids)):
-        tokens[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, min(len(prompt), len(row)):len(row)] = 1.0
-    return SequenceBatch(tokens=tokens, response_mask=mask)
 
 
 def response_sequences(batch: RolloutBatch, pad_id: int, seq_length: int) -> SequenceBatch:

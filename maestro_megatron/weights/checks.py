@@ -4,25 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from maestro_megatron.config.schema import ModelConfig
+from maestro_megatron.config.schema import ModelConfig, ParallelConfig
+from maestro_megatron.config.validate import check_layout as validate_layout
 from maestro_megatron.weights.errors import ConversionError
 from maestro_megatron.weights.hf_io import HFCheckpoint
 from maestro_megatron.weights.mapping import DecoderMapping
 from maestro_megatron.weights.units import hf_shapes
 
+_FLAGS = {"parallel.tensor_parallel": "--tp", "parallel.pipeline_parallel": "--pp"}
+
 
 def check_layout(cfg: ModelConfig, tp: int, pp: int) -> None:
-    """TP divides heads and query groups, PP divides layers."""
-    if tp < 1 or pp < 1:
-        raise ConversionError(f"--tp {tp} / --pp {pp}: both must be >= 1")
-    for what, value in (("num_attention_heads", cfg.num_attention_heads),
-                        ("num_query_groups (num_key_value_heads)", cfg.num_query_groups)):
-        if value % tp:
-            raise ConversionError(f"--tp {tp} does not divide {what}={value}")
-    if cfg.ffn_hidden_size % tp:
-        raise ConversionError(f"--tp {tp} does not divide ffn_hidden_size={cfg.ffn_hidden_size}")
-    if cfg.num_layers % pp:
-        raise ConversionError(f"--pp {pp} does not divide num_layers={cfg.num_layers}")
+    """The recipe's layout rules (`config.validate.check_layout`), worded for the
+    converter's flags: "--tp 3 does not divide num_attention_heads=4"."""
+    try:
+        validate_layout(cfg, ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp))
+    except ValueError as exc:
+        key, _, message = str(exc).partition(": ")
+        flag = _FLAGS.get(key)
+        if flag is None:
+            raise ConversionError(str(exc)) from None
+        raise ConversionError(f"{flag} {message.replace('model.', '')}") from None
 
 
 def check_hf_tensors(hf: HFCheckpoint, mapping: DecoderMapping, cfg: ModelConfig) -> list[str]:

@@ -19,20 +19,20 @@ from pathlib import Path
 import torch
 from grpo_worker import GROUP, MODEL, NUM_PROMPTS, SEQ, K, make_batch
 
-from maestro_megatron.algorithms import group_advantages
-from maestro_megatron.conductor import (
-    Conductor,
-    MetaBuffer,
-    TwoTimescale,
-    conductor_update,
-    emphasis_templates,
-)
+from maestro_megatron.conductor import Conductor, TwoTimescale, emphasis_templates
 from maestro_megatron.config.schema import GRPOConfig, ParallelConfig, PrecisionConfig
-from maestro_megatron.megatron.conductor_replica import average_gradients, sample_actions
-from maestro_megatron.megatron.forward import SequenceBatch, forward_logprobs
+from maestro_megatron.data.packing import SequenceBatch
+from maestro_megatron.megatron.conductor_replica import average_gradients, check_replicas
+from maestro_megatron.megatron.forward import forward_logprobs
 from maestro_megatron.megatron.model import build_model, unwrap_model
 from maestro_megatron.megatron.parallel import init_distributed
 from maestro_megatron.megatron.train_step import build_optimizer, grpo_train_step
+from maestro_megatron.scalarizers import (
+    ConductorScalarizer,
+    ReplicaSync,
+    scalarize_step,
+    step_uniforms,
+)
 from maestro_megatron.trainer import checkpoint as ckpt_mod
 
 GRPO = GRPOConfig(num_prompts_per_step=NUM_PROMPTS, group_size=GROUP, micro_batch_size=4,
@@ -59,18 +59,19 @@ class State:
                                   wrap_ddp=True)
         self.optimizer, self.scheduler = build_optimizer(GRPO, self.parallel, PrecisionConfig(),
                                                          self.policy, NUM_STEPS)
-        self.conductor = self.conductor_opt = self.buffer = None
+        self.scalarizer = None
         if self.groups.is_last_stage:  # the Conductor lives on last-stage ranks only
-            self.conductor = Conductor(MODEL.hidden_size, emphasis_templates(K, 0.5), tau=0.5)
-            self.conductor_opt = torch.optim.Adam(self.conductor.parameters(), lr=0.05)
-            self.buffer = MetaBuffer()
+            self.scalarizer = ConductorScalarizer(
+                Conductor(MODEL.hidden_size, emphasis_templates(K, 0.5), tau=0.5), lr=0.05,
+                ent_coef=0.01, schedule=SCHEDULE)
+        self.sync = ReplicaSync(average_gradients=lambda m: average_gradients(m, self.groups.dp),
+                                check_replicas=lambda m: check_replicas(m, self.groups.tp))
         self.gen = torch.Generator().manual_seed(7)
         self.cursor = 0
 
     def kwargs(self) -> dict:
         return dict(model_chunks=self.policy, optimizer=self.optimizer,
-                    scheduler=self.scheduler, groups=self.groups, conductor=self.conductor,
-                    conductor_optimizer=self.conductor_opt, meta_buffer=self.buffer)
+                    scheduler=self.scheduler, groups=self.groups, scalarizer=self.scalarizer)
 
 
 def train_step(st: State, step: int) -> dict:
@@ -86,12 +87,13 @@ def train_step(st: State, step: int) -> dict:
     noise = (torch.randn(full.batch_size, K) + torch.rand(full.batch_size, K, generator=st.gen)
              + random.random())[offset:offset + rows]
     metrics: dict = {}
-    if groups.is_last_stage:
-        actions = sample_actions(st.conductor, old.h, seed=5, step=step,
-                                 num_global=full.batch_size, offset=offset)
-        scores = (st.conductor.action_weights(actions) * noise).sum(-1)
-        advantages = group_advantages(scores.view(-1, GROUP)).flatten()
-        st.buffer.append(old.h, actions, advantages)
+    sc = None
+    if groups.is_last_stage:  # the trainer's chain; R = w . noise (no KL: ref = policy)
+        sc = scalarize_step(st.scalarizer, noise, logprobs=old.logprobs,
+                            ref_logprobs=old.logprobs, response_mask=batch.response_mask,
+                            h=old.h, step=step, grpo=GRPO, normalization="none",
+                            uniforms=step_uniforms(5, step, full.batch_size, offset, rows))
+        advantages = sc.advantages
     else:
         advantages = torch.zeros(rows)
     extras = {"advantages": advantages,
@@ -99,9 +101,9 @@ def train_step(st: State, step: int) -> dict:
     metrics.update(grpo_train_step(st.policy, st.optimizer, st.scheduler,
                                    SequenceBatch(batch.tokens, batch.response_mask, extras=extras),
                                    GRPO, groups, vocab_size=MODEL.vocab_size))
-    if groups.is_last_stage and SCHEDULE.is_update_step(step):
-        metrics.update(conductor_update(st.conductor, st.conductor_opt, st.buffer, SCHEDULE,
-                                        0.01, grad_sync=lambda m: average_gradients(m, groups.dp)))
+    if sc is not None:
+        st.scalarizer.observe(sc.context, sc.used, sc.advantages)
+        metrics.update(st.scalarizer.update(step, st.sync))
     return metrics
 
 
@@ -113,12 +115,13 @@ def snapshot(st: State, metrics: list[dict]) -> dict:
         "lr": st.scheduler.get_lr(st.optimizer.param_groups[0]),
         "cursor": st.cursor,
     }
-    if st.conductor is not None:
-        adam = st.conductor_opt.state_dict()["state"]
-        out["conductor"] = torch.cat([p.detach().flatten() for p in st.conductor.parameters()])
+    if st.scalarizer is not None:
+        conductor = st.scalarizer.conductor
+        adam = st.scalarizer.optimizer.state_dict()["state"]
+        out["conductor"] = torch.cat([p.detach().flatten() for p in conductor.parameters()])
         out["conductor_adam"] = torch.cat([adam[i][k].flatten().float() for i in sorted(adam)
                                            for k in ("exp_avg", "exp_avg_sq", "step")])
-        out["buffer"] = st.buffer.state_dict()
+        out["buffer"] = st.scalarizer.buffer.state_dict()
     return out
 
 

@@ -18,25 +18,24 @@ import torch
 from layout_worker import MODEL, _load, _save
 from layout_worker import main as layout_main
 
-from maestro_megatron.algorithms import group_advantages, kl_estimate, masked_seq_mean
-from maestro_megatron.conductor import (
-    Conductor,
-    MetaBuffer,
-    TwoTimescale,
-    conductor_update,
-    emphasis_templates,
-)
+from maestro_megatron.conductor import Conductor, TwoTimescale, emphasis_templates
 from maestro_megatron.config.schema import GRPOConfig, ParallelConfig, PrecisionConfig
+from maestro_megatron.data.packing import SequenceBatch
 from maestro_megatron.megatron.conductor_replica import (
     average_gradients,
+    check_replicas,
     replica_drift,
-    sample_actions,
 )
-from maestro_megatron.megatron.forward import SequenceBatch, forward_logprobs
+from maestro_megatron.megatron.forward import forward_logprobs
 from maestro_megatron.megatron.model import build_model
 from maestro_megatron.megatron.parallel import init_distributed
 from maestro_megatron.megatron.train_step import build_optimizer, grpo_train_step
-from maestro_megatron.rewards import normalize_components, scalar_reward
+from maestro_megatron.scalarizers import (
+    ConductorScalarizer,
+    ReplicaSync,
+    scalarize_step,
+    step_uniforms,
+)
 
 NUM_PROMPTS, GROUP, SEQ, K = 4, 4, 24, 5
 GRPO = GRPOConfig(num_prompts_per_step=NUM_PROMPTS, group_size=GROUP, micro_batch_size=2,
@@ -100,16 +99,16 @@ def run_layout(spec: str, ckpt: Path, out: Path, save: bool) -> None:
     ref = forward_logprobs(reference, batch, groups, **kw)
 
     conductor = make_conductor()
-    if groups.is_last_stage:
+    scalarizer = ConductorScalarizer(conductor, lr=0.1, ent_coef=0.01,
+                                     schedule=TwoTimescale(epochs=2))
+    if groups.is_last_stage:  # the trainer's own chain: scalarize -> KL -> R -> A
         gen = torch.Generator().manual_seed(11)
         synthetic = torch.randn(full.batch_size, K, generator=gen)[offset:offset + rows]
-        actions = sample_actions(conductor, old.h, seed=5, step=1, num_global=full.batch_size,
-                                 offset=offset)
-        weights = conductor.action_weights(actions)
-        r_norm = normalize_components(synthetic.view(-1, GROUP, K)).view(-1, K)
-        kl_seq = masked_seq_mean(kl_estimate(old.logprobs, ref.logprobs), batch.response_mask)
-        scores = scalar_reward(weights, r_norm, kl_seq, GRPO.kl_coef)
-        advantages = group_advantages(scores.view(-1, GROUP)).flatten()
+        sc = scalarize_step(scalarizer, synthetic, logprobs=old.logprobs,
+                            ref_logprobs=ref.logprobs, response_mask=batch.response_mask,
+                            h=old.h, step=1, grpo=GRPO,
+                            uniforms=step_uniforms(5, 1, full.batch_size, offset, rows))
+        actions, advantages = sc.actions, sc.advantages
     else:
         advantages = torch.zeros(rows)
     extras = {"advantages": advantages,
@@ -121,12 +120,11 @@ def run_layout(spec: str, ckpt: Path, out: Path, save: bool) -> None:
                                vocab_size=MODEL.vocab_size) for _ in range(2)]
     after = forward_logprobs(policy, batch, groups, **kw)
 
-    if groups.is_last_stage:
-        buffer = MetaBuffer()
-        buffer.append(old.h, actions, advantages)
-        opt = torch.optim.Adam(conductor.parameters(), lr=0.1)
-        conductor_update(conductor, opt, buffer, TwoTimescale(epochs=2), 0.01,
-                         grad_sync=lambda m: average_gradients(m, groups.dp))
+    if groups.is_last_stage:  # the scalarizer's outer-loop hooks, as the trainer calls them
+        scalarizer.observe(sc.context, sc.used, sc.advantages)
+        scalarizer.update(1, ReplicaSync(
+            average_gradients=lambda m: average_gradients(m, groups.dp),
+            check_replicas=lambda m: check_replicas(m, groups.tp)))
         drift = max(replica_drift(conductor, groups.tp), replica_drift(conductor, groups.dp))
         out.mkdir(parents=True, exist_ok=True)
         torch.save({

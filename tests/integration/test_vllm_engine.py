@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.support
 
 from maestro_megatron.rollout import (  # noqa: E402
+    DEFAULT_BUCKET_BYTES,
     EngineFeatureUnsupported,
     SamplingConfig,
     VLLMEngine,
@@ -179,7 +180,8 @@ def test_bucketed_refit_loads_new_weights_in_place(engine, hf_model, hf_state):
         assert moved > 0.1, "refit did not change the engine's logprobs"
         assert diff_gen < TOL, "generation after refit used stale weights or KV"
     finally:
-        engine.load_weights(hf_state.items())  # back to the original for other tests
+        # back to the original weights for the other tests
+        refit_engine(engine, hf_state.items(), DEFAULT_BUCKET_BYTES)
         _load(hf_model, hf_state)
     assert verify_refit(engine, trainer_fn(hf_model), seqs, plens) < TOL
 

@@ -21,7 +21,6 @@ from maestro_megatron.data import (
     load_data_config,
     load_prompts,
     load_sft_rows,
-    shard_prompts,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,11 +275,3 @@ def test_stream_rejects_state_of_other_data():
     changed = [PromptRecord("x", None, "t")] + _records(10)[1:]
     with pytest.raises(DataError, match="different data"):
         PromptStream(changed, 2, seed=0).load_state_dict(state)
-
-
-def test_shard_prompts():
-    batch = _records(6)
-    assert shard_prompts(batch, 1, 3) == batch[2:4]
-    assert [r for k in range(2) for r in shard_prompts(batch, k, 2)] == batch
-    with pytest.raises(ValueError, match="do not split"):
-        shard_prompts(batch, 0, 4)

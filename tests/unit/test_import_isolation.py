@@ -1,4 +1,4 @@
-"""algorithms/, conductor/, rewards/ are pure math: torch only (DESIGN.md section 9)."""
+"""algorithms/, conductor/, rewards/, scalarizers/ are pure math: torch only (DESIGN.md 9)."""
 
 import ast
 import subprocess
@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "maestro_megatron"
-PURE = ("algorithms", "conductor", "rewards")
+PURE = ("algorithms", "conductor", "rewards", "scalarizers")
 FORBIDDEN = ("megatron", "vllm", "torch.distributed", "maestro_megatron.megatron")
 
 
@@ -29,7 +29,7 @@ def test_no_forbidden_import_statements():
 
 def test_importing_pure_packages_loads_no_megatron_or_vllm():
     code = ("import sys; import maestro_megatron.algorithms, maestro_megatron.conductor, "
-            "maestro_megatron.rewards; "
+            "maestro_megatron.rewards, maestro_megatron.scalarizers, maestro_megatron.data.packing; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('megatron', 'vllm')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

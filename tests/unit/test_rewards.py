@@ -1,17 +1,16 @@
-"""Golden values for the five reward components, normalisation and scalarizers."""
+"""Golden values for the five reward components, their registry and normalisation."""
 
 import math
 
 import pytest
 import torch
 
-from maestro_megatron.conductor import Conductor, emphasis_templates
 from maestro_megatron.config import RewardsConfig
 from maestro_megatron.rewards import (
+    NEEDS_PROXY,
+    NEEDS_SCORER,
     REWARDS,
-    SCALARIZERS,
     RewardBatch,
-    build_scalarizer,
     compute_rewards,
     ent_reward,
     fmt_reward,
@@ -19,6 +18,7 @@ from maestro_megatron.rewards import (
     normalize_components,
     ppl_reward,
     pref_reward,
+    reward_needs,
     scalar_reward,
     strip_answer,
 )
@@ -38,9 +38,11 @@ class OverlapScorer:
         return torch.tensor(out)
 
 
-def test_registry_has_the_five():
+def test_registry_has_the_five_and_their_needs():
     assert set(COMPONENTS) <= set(REWARDS)
-    assert {"conductor", "equal", "random", "single"} <= set(SCALARIZERS)
+    assert reward_needs(COMPONENTS) == {NEEDS_PROXY, NEEDS_SCORER}
+    assert reward_needs(("fmt", "len", "ent")) == frozenset()
+    assert reward_needs(("ppl",)) == {NEEDS_PROXY} and reward_needs(("pref",)) == {NEEDS_SCORER}
 
 
 def test_ppl_golden_and_fallback():
@@ -127,26 +129,6 @@ def test_normalize_golden():
     assert torch.equal(normalize_components(two, "none"), two)
     with pytest.raises(ValueError, match="normalization"):
         normalize_components(two, "zscore")
-
-
-def test_scalarizers():
-    gen = torch.Generator().manual_seed(0)
-    eq, _ = build_scalarizer("equal", COMPONENTS)(None, 3, gen)
-    assert torch.allclose(eq, torch.full((3, 5), 0.2))
-    single, actions = build_scalarizer("single", COMPONENTS, component="ent")(None, 2, gen)
-    assert single.tolist() == [[0, 0, 1, 0, 0]] * 2 and actions is None
-    rand = build_scalarizer("random", COMPONENTS, dirichlet_alpha=1.0)
-    w1, _ = rand(None, 4, torch.Generator().manual_seed(5))
-    w2, _ = rand(None, 4, torch.Generator().manual_seed(5))
-    assert torch.equal(w1, w2) and torch.allclose(w1.sum(1), torch.ones(4))
-    assert (w1 > 0).all() and not torch.allclose(w1[0], w1[1])
-    cond = Conductor(8, emphasis_templates(5))
-    w, a = build_scalarizer("conductor", COMPONENTS, conductor=cond)(torch.randn(6, 8), 6, gen)
-    assert a.shape == (6,) and torch.equal(w, emphasis_templates(5)[a])
-    with pytest.raises(ValueError, match="single"):
-        build_scalarizer("single", COMPONENTS, component="nope")
-    with pytest.raises(KeyError, match="unknown"):
-        build_scalarizer("unknown", COMPONENTS)
 
 
 def test_scalar_reward_golden():

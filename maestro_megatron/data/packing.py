@@ -1,0 +1,61 @@
+"""Sequence packing: prompt + completion token lists -> right-padded [B, S] batches.
+
+Torch only. Rows are prompt, completion, padding (right padding: with causal attention
+a real token never sees padding, so no attention mask is needed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """A padded batch of prompt+response sequences (one data-parallel rank's share)."""
+
+    tokens: torch.Tensor
+    """[B, S] long token ids."""
+    response_mask: torch.Tensor
+    """[B, S] 1 on the tokens to score (response tokens), 0 on prompt and padding."""
+    position_ids: torch.Tensor | None = None
+    """[B, S] long; None: 0..S-1 on every row."""
+    attention_mask: torch.Tensor | None = None
+    """[B, 1, S, S] bool, True = masked; None: causal."""
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per-sequence tensors [B, ...] (advantages, old logprobs, ...) split with the batch."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.size(0)
+
+    def slice(self, start: int, stop: int) -> SequenceBatch:
+        """Rows [start, stop) of every field."""
+        def cut(t):
+            return None if t is None else t[start:stop]
+
+        return replace(
+            self,
+            tokens=self.tokens[start:stop],
+            response_mask=self.response_mask[start:stop],
+            position_ids=cut(self.position_ids),
+            attention_mask=cut(self.attention_mask),
+            extras={k: v[start:stop] for k, v in self.extras.items()},
+        )
+
+
+def pack_sequences(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
+                   seq_length: int) -> SequenceBatch:
+    """Right-padded rows prompt + completion, cut at seq_length; mask on the completion.
+
+    -> SequenceBatch(tokens [B, S], response_mask [B, S]), S = longest row.
+    """
+    rows = [(p + c)[:seq_length] for p, c in zip(prompt_ids, completion_ids)]
+    width = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width)
+    for i, (row, prompt) in enumerate(zip(rows, prompt_ids)):
+        tokens[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, min(len(prompt), len(row)):len(row)] = 1.0
+    return SequenceBatch(tokens=tokens, response_mask=mask)

@@ -1,0 +1,84 @@
+"""The scalarize -> KL -> R -> advantage chain of one step, in one place (torch only).
+
+normalise components -> scalarizer weights w -> R = w . r~ - beta KL_seq ->
+A = group-normalised R (DESIGN.md section 3). The trainer, `tools/megatron_step.py` and
+the layout-equivalence workers all call `scalarize_step`; it runs where rewards, logprobs
+and h meet (the last pipeline stage), on one data-parallel rank's whole groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from maestro_megatron.algorithms import group_advantages, kl_estimate, masked_seq_mean
+from maestro_megatron.rewards import normalize_components, scalar_reward
+from maestro_megatron.scalarizers.base import Scalarization, Scalarizer, ScalarizerContext
+
+
+@dataclass
+class Scalarized:
+    """Per-response results of scalarization (this DP rank's B rows)."""
+
+    context: ScalarizerContext
+    """What the scalarizer saw (h, raw and normalised components, uniforms, tasks)."""
+    used: Scalarization
+    """Weights [B, K] used and actions [B] (or None)."""
+    kl_seq: torch.Tensor
+    """[B] sequence KL(policy || reference): k-estimator mean over response tokens."""
+    scores: torch.Tensor
+    """[B] scalar reward R = w . r~ - beta KL (normalised components: mean ~ 0 per group)."""
+    weighted_raw: torch.Tensor
+    """[B] w . r with the RAW components (a progress measure; not used for training)."""
+    advantages: torch.Tensor
+    """[B] group-normalised advantages."""
+    report_weights: torch.Tensor
+    """[B, K] weights reported per task (the Conductor's deterministic w(h))."""
+    metric_sums: dict[str, float]
+    """The scalarizer's own per-response metrics, summed over the B rows."""
+
+    @property
+    def rewards(self) -> torch.Tensor:
+        """[B, K] raw reward components."""
+        return self.context.rewards
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self.used.weights
+
+    @property
+    def actions(self) -> torch.Tensor | None:
+        return self.used.actions
+
+
+def scalarize_step(scalarizer: Scalarizer, rewards: torch.Tensor, *, logprobs: torch.Tensor,
+                   ref_logprobs: torch.Tensor, response_mask: torch.Tensor,
+                   h: torch.Tensor | None, step: int, uniforms: torch.Tensor, grpo,
+                   normalization: str = "group", tasks: tuple[str, ...] = (),
+                   task_ids: torch.Tensor | None = None) -> Scalarized:
+    """rewards: [B, K] raw; logprobs / ref_logprobs / response_mask: [B, S]; h: [B, d];
+    uniforms: [B] (this rank's slice of the global stream); grpo: GRPOConfig
+    (group_size, kl_kind, kl_coef, kl_in_loss, adv_eps, normalize_std).
+
+    B must hold whole groups. KL goes into R unless grpo.kl_in_loss (then beta = 0 here).
+    """
+    g, k = grpo.group_size, rewards.shape[1]
+    if rewards.shape[0] % g:
+        raise ValueError(f"{rewards.shape[0]} responses are not whole groups of {g}")
+    normalised = normalize_components(rewards.view(-1, g, k), normalization).view(-1, k)
+    ctx = ScalarizerContext(step=step, rewards=rewards, normalized=normalised,
+                            uniforms=uniforms, group_size=g, tasks=tuple(tasks),
+                            task_ids=task_ids, h=h)
+    used = scalarizer(ctx)
+    kl_seq = masked_seq_mean(kl_estimate(logprobs, ref_logprobs, grpo.kl_kind),
+                             response_mask).cpu()
+    beta = 0.0 if grpo.kl_in_loss else grpo.kl_coef
+    scores = scalar_reward(used.weights, normalised, kl_seq, beta)
+    advantages = group_advantages(scores.view(-1, g), eps=grpo.adv_eps,
+                                  normalize_std=grpo.normalize_std).flatten()
+    weighted_raw = (used.weights.to(rewards.dtype) * rewards).sum(dim=-1)
+    return Scalarized(context=ctx, used=used, kl_seq=kl_seq, scores=scores,
+                      weighted_raw=weighted_raw, advantages=advantages,
+                      report_weights=scalarizer.report_weights(ctx, used),
+                      metric_sums=scalarizer.metric_sums(ctx))

@@ -1,0 +1,126 @@
+"""Everything a run needs before its first step, built once: `setup_run` -> `RunState`.
+
+Order matters for reproducibility (seeded RNG streams): process groups, models (and
+the warm-up), optimizer, scalarizer, data stream, resume from `latest`, preference
+scorer, rollout engine (refit to the resumed weights), run writer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from maestro_megatron.config import Recipe, recipe_to_dict
+from maestro_megatron.megatron.conductor_replica import average_gradients, check_replicas
+from maestro_megatron.megatron.optimizer import build_optimizer
+from maestro_megatron.megatron.parallel import ParallelGroups, init_distributed
+from maestro_megatron.rewards import NEEDS_SCORER, reward_needs
+from maestro_megatron.scalarizers import ReplicaSync, Scalarizer, build_scalarizer
+from maestro_megatron.trainer.bootstrap import Models, prepare_models
+
+
+@dataclass
+class RunState:
+    """A run between steps. `scalarizer` and `scorer` exist on last-stage ranks only,
+    `engine` on the rank that hosts it, `writer` writes on the logging rank only."""
+
+    recipe: Recipe
+    groups: ParallelGroups
+    run_dir: Path
+    models: Models
+    optimizer: object
+    scheduler: object
+    scalarizer: Scalarizer | None
+    sync: ReplicaSync
+    stream: object
+    task_index: dict[str, int]
+    start_step: int
+    scorer: object
+    engine: object
+    writer: object
+    prompts_per_rank: int
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.models.policy[0].parameters()).device
+
+    @property
+    def is_logger(self) -> bool:
+        g = self.groups
+        return g.is_last_stage and g.tp_rank == 0 and g.dp_rank == 0
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
+def prompts_per_rank(recipe: Recipe, groups: ParallelGroups) -> int:
+    """Prompts per DP rank; groups never straddle ranks and micro-batches divide rows."""
+    g = recipe.grpo
+    if g.num_prompts_per_step % groups.dp_size:
+        raise ValueError(f"grpo.num_prompts_per_step={g.num_prompts_per_step} does not split "
+                         f"over {groups.dp_size} data-parallel ranks")
+    per_rank = g.num_prompts_per_step // groups.dp_size
+    if (per_rank * g.group_size) % g.micro_batch_size:
+        raise ValueError(f"grpo.micro_batch_size={g.micro_batch_size} does not divide the "
+                         f"{per_rank * g.group_size} responses of each data-parallel rank")
+    return per_rank
+
+
+def build_engine(recipe: Recipe, models: Models):
+    """The rollout engine, started from the run's HF directory."""
+    from maestro_megatron.rollout import build_engine as build
+
+    ro = recipe.rollout
+    return build(ro.engine, str(models.engine_dir), seed=recipe.run.seed,
+                 max_model_len=models.cfg.seq_length, tensor_parallel_size=ro.tensor_parallel,
+                 gpu_memory_utilization=ro.gpu_memory_utilization,
+                 enable_sleep_mode=ro.enable_sleep_mode, verbose=recipe.run.verbose)
+
+
+def setup_run(recipe: Recipe) -> RunState:
+    """Collective over all ranks: build or resume everything `train` needs."""
+    from maestro_megatron.data.prompts import PromptStream, load_data_config
+    from maestro_megatron.rollout import refit_policy
+    from maestro_megatron.trainer.checkpoint import latest_checkpoint, load_checkpoint
+    from maestro_megatron.trainer.outputs import RunWriter
+
+    run, g = recipe.run, recipe.grpo
+    groups = init_distributed(recipe.parallel, recipe.model, seed=run.seed)
+    per_rank = prompts_per_rank(recipe, groups)
+    run_dir = Path(run.output_dir)
+    models = prepare_models(recipe, run_dir, groups)
+    device = next(models.policy[0].parameters()).device
+    optimizer, scheduler = build_optimizer(g, recipe.parallel, recipe.precision, models.policy,
+                                           run.num_steps)
+    scalarizer = build_scalarizer(recipe, d_model=models.cfg.hidden_size, device=device) \
+        if groups.is_last_stage else None
+    sync = ReplicaSync(average_gradients=lambda m: average_gradients(m, groups.dp),
+                       check_replicas=lambda m: check_replicas(m, groups.tp))
+    records = load_data_config(recipe.data)
+    task_index = {t: i for i, t in enumerate(sorted({r.task for r in records}))}
+    stream = PromptStream(records, g.num_prompts_per_step, seed=run.seed)
+    start_step = 0
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    if latest is not None:
+        state = load_checkpoint(latest, model_chunks=models.policy, optimizer=optimizer,
+                                scheduler=scheduler, groups=groups, scalarizer=scalarizer)
+        start_step = state["step"]
+        stream.load_state_dict(state["extra"]["data"])
+    scorer = None
+    if groups.is_last_stage and NEEDS_SCORER in reward_needs(recipe.rewards.components):
+        from maestro_megatron.scorers import build_scorer
+
+        scorer = build_scorer(recipe.rewards.pref)
+    steps_left = start_step < run.num_steps
+    engine = build_engine(recipe, models) if groups.rank == 0 and steps_left else None
+    if start_step > 0 and steps_left:  # the engine started from pre-resume weights
+        refit_policy(engine, models.policy, models.cfg, groups,
+                     recipe.rollout.refit_bucket_mb * 1024 * 1024)
+    logger = groups.is_last_stage and groups.tp_rank == 0 and groups.dp_rank == 0
+    writer = RunWriter(run_dir, recipe_to_dict(recipe), enabled=logger,
+                       total_steps=run.num_steps, start_step=start_step, progress=run.progress)
+    return RunState(recipe, groups, run_dir, models, optimizer, scheduler, scalarizer, sync,
+                    stream, task_index, start_step, scorer, engine, writer, per_rank)
