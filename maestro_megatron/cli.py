@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import yaml
+
+from maestro_megatron.logs import configure_quiet, quiet_spawned_process
+
+# vLLM's CPU engine processes are spawned, and each imports this module (the parent's
+# main) before vllm: the place to filter vLLM's import-time messages there.
+quiet_spawned_process()
 
 
 def _cmd_bandit(args) -> int:
@@ -41,10 +48,14 @@ def _cmd_train(args) -> int:
     recipe = _load_recipe(args)
     if recipe is None:
         return 2
+    quiet = configure_quiet(recipe.run.verbose)  # before megatron and vLLM are imported
+    if os.environ.get("RANK", "0") == "0":
+        print(f"maestro train: {args.recipe}, {recipe.run.num_steps} steps -> "
+              f"{recipe.run.output_dir}" + (" (run.verbose=true shows all library output)"
+                                            if quiet else ""), flush=True)
     from maestro_megatron.trainer.loop import train
 
-    run_dir = train(recipe)
-    print(f"run directory: {run_dir}")
+    train(recipe)  # the logging rank prints the summary
     return 0
 
 

@@ -1,6 +1,10 @@
-"""Group-relative advantages (GRPO; MAESTRO arXiv 2601.07208, section 3)."""
+"""Advantage estimators (GRPO; MAESTRO arXiv 2601.07208, section 3; GDPO arXiv
+2601.05242). `ADVANTAGE_ESTIMATORS` maps `grpo.advantage_estimator` to a function
+(scores [N, G], *, eps, normalize_std, reduce_sum) -> [N, G]."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -24,3 +28,35 @@ def group_advantages(scores: torch.Tensor, *, eps: float = 1e-6,
     std = scores.std(dim=1, keepdim=True)
     constant = std <= 0
     return torch.where(constant, torch.zeros_like(centered), centered / (std + eps))
+
+
+def batch_whitened(scores: torch.Tensor, *, eps: float = 1e-6,
+                   reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+                   ) -> torch.Tensor:
+    """A = (R - mean(R)) / std(R) over the GLOBAL batch (Bessel std; std 0: centred only).
+
+    GDPO's last step (NeMo-RL GDPOAdvantageEstimator; TRL normalize_then_sum adds
+    1e-4 to the std instead): R is already the weighted sum of per-component
+    group-normalised rewards. reduce_sum sums over data-parallel ranks. [N, G] -> [N, G].
+    """
+    reduce_sum = reduce_sum or (lambda t: t)
+    flat = scores.double().flatten()
+    totals = reduce_sum(torch.stack([flat.sum(), torch.tensor(float(flat.numel()),
+                                                              dtype=torch.float64)]))
+    mean = totals[0] / totals[1]
+    squares = reduce_sum((flat - mean).pow(2).sum().reshape(1))[0]
+    std = (squares / (totals[1] - 1)).sqrt() if totals[1] > 1 else torch.zeros(())
+    centered = scores.double() - mean
+    out = centered / (std + eps) if std > 0 else centered
+    return out.to(scores.dtype)
+
+
+def _grpo(scores, *, eps, normalize_std, reduce_sum=None):
+    return group_advantages(scores, eps=eps, normalize_std=normalize_std)
+
+
+def _gdpo(scores, *, eps, normalize_std, reduce_sum=None):
+    return batch_whitened(scores, eps=eps, reduce_sum=reduce_sum)
+
+
+ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {"grpo": _grpo, "gdpo": _gdpo}

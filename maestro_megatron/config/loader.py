@@ -105,6 +105,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(key, f"expected a mapping, got {value!r}", source)
         return build_dataclass(tp, value, key, source)
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {value!r}", source)
+        return {_coerce(k, key_type, f"{key}.{k}", source):
+                _coerce(v, value_type, f"{key}.{k}", source) for k, v in value.items()}
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):

@@ -108,6 +108,9 @@ class GRPOConfig:
     """Put KL in the loss instead of the scalar reward (MAESTRO: reward)."""
     normalize_std: bool = True
     """Divide advantages by the group std (False: Dr.GRPO)."""
+    advantage_estimator: str = "grpo"
+    """Advantage registry name: grpo (group-relative) | gdpo (R from group-normalised
+    components, then whitened over the whole batch; arXiv 2601.05242)."""
     adv_eps: float = 1e-6
     """Epsilon in the advantage denominator."""
     lr: float = 1e-5
@@ -129,7 +132,13 @@ class GRPOConfig:
     clip_grad: float = 1.0
     """Global gradient-norm clip (0: off)."""
     mask_truncated: bool = False
-    """Drop responses cut at max_new_tokens from the loss."""
+    """Drop responses cut at max_new_tokens from the policy loss (they still get rewards
+    and advantages; counted as train/truncated_masked)."""
+    num_minibatches: int = 1
+    """PPO mini-batches: optimizer steps per rollout batch and epoch (global prompt p
+    goes to mini-batch p % M; M must divide each data-parallel rank's prompts)."""
+    ppo_epochs: int = 1
+    """Passes over the rollout batch; old log-probs stay those of the rollout policy."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,9 @@ class PplConfig:
 
     answer_pattern: str = r"<answer>(.*?)</answer>"
     """Regex whose first group is stripped from the response before scoring the reference."""
+    proxy: str = "reference"
+    """Model that scores the reference: reference (frozen, MAESTRO's default) | policy
+    (the current policy, as NOVER's synced proxy; ours syncs every step)."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +193,20 @@ class PrefConfig:
 
 
 @dataclass(frozen=True)
+class NoverConfig:
+    """NOVER's reward (arXiv 2505.16022; weights from its released config.yaml)."""
+
+    format_pattern: str = r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*"
+    """R_f: the whole response must match (NOVER: tags in order, whitespace ignored)."""
+    w_format: float = 1.0
+    """w_f (NOVER config.yaml: 1.0)."""
+    w_reasoning: float = 1.0
+    """w_r (NOVER config.yaml: 1.0)."""
+    w_efficiency: float = 1.0
+    """w_e (NOVER config.yaml: 1.0; its Qwen2.5 config: 0.1)."""
+
+
+@dataclass(frozen=True)
 class RewardsConfig:
     """The K reward components and their normalisation."""
 
@@ -193,6 +219,7 @@ class RewardsConfig:
     ent: EntConfig = field(default_factory=EntConfig)
     len: LenConfig = field(default_factory=LenConfig)
     pref: PrefConfig = field(default_factory=PrefConfig)
+    nover: NoverConfig = field(default_factory=NoverConfig)
 
 
 @dataclass(frozen=True)
@@ -271,7 +298,18 @@ class DataConfig:
     task_key: str = "task"
     """Column with the task category."""
     prompt_format: str = "plain"
-    """plain (prompt text + newline) | chat (the tokenizer's chat template)."""
+    """plain (prompt text + newline) | chat (the tokenizer's chat template, as a user
+    turn, with the generation prompt)."""
+    system_prompt: str | None = None
+    """For prompt_format=chat: a system turn before the user prompt (None: none)."""
+    chat_template_kwargs: dict[str, bool | int | float | str] = field(default_factory=dict)
+    """For prompt_format=chat: extra variables of the chat template (Qwen3:
+    {enable_thinking: false})."""
+    split: str | None = "train"
+    """Rows whose `split_key` column equals this are used (train / validation / test);
+    None, or a file without that column: every row."""
+    split_key: str = "split"
+    """Column naming each row's split."""
     tokenizer_vocab_size: int = 512
     """Without model.hf_path: size of the tokenizer trained on the prompt data."""
 
@@ -303,7 +341,8 @@ class RunConfig:
     save_every: int = 0
     """Checkpoint every this many steps (0: only at the end)."""
     verbose: bool = False
-    """Show the rollout engine's INFO logs and library warnings (default: WARNING)."""
+    """Show all library output (also MAESTRO_VERBOSE=1): vLLM's INFO logs, the known-harmless
+    warnings and progress bars the default console hides (maestro_megatron/logs.py)."""
     keep_checkpoints: int = 2
     """Newest checkpoints kept (older ones are deleted)."""
     progress: bool = True

@@ -91,6 +91,11 @@ def validate_recipe(recipe: Recipe) -> None:
            f"got {g.group_size}")
     _check(g.num_prompts_per_step >= 1, "grpo.num_prompts_per_step", "must be >= 1")
     _check(g.micro_batch_size >= 1, "grpo.micro_batch_size", "must be >= 1")
+    _check(g.num_minibatches >= 1, "grpo.num_minibatches", "must be >= 1")
+    _check(g.ppo_epochs >= 1, "grpo.ppo_epochs", "must be >= 1")
+    _check(g.num_prompts_per_step % g.num_minibatches == 0, "grpo.num_minibatches",
+           f"{g.num_minibatches} does not divide grpo.num_prompts_per_step="
+           f"{g.num_prompts_per_step}")
     _check(0.0 <= g.eps_low < 1.0, "grpo.eps_low", f"must be in [0, 1), got {g.eps_low}")
     _check(g.eps_high >= 0.0, "grpo.eps_high", f"must be >= 0, got {g.eps_high}")
     if g.dual_clip is not None:
@@ -109,6 +114,10 @@ def validate_recipe(recipe: Recipe) -> None:
         _one_of(name, set(REWARDS), "rewards.components")
     _one_of(r.normalization, {"group", "batch", "none"}, "rewards.normalization")
     _one_of(r.ent.mode, {"maximize", "minimize", "target"}, "rewards.ent.mode")
+    _one_of(r.ppl.proxy, {"reference", "policy"}, "rewards.ppl.proxy")
+    from maestro_megatron.algorithms import ADVANTAGE_ESTIMATORS
+
+    _one_of(g.advantage_estimator, set(ADVANTAGE_ESTIMATORS), "grpo.advantage_estimator")
     _check(r.len.max_tokens >= 1, "rewards.len.max_tokens", "must be >= 1")
     _check(r.len.target_tokens >= 0, "rewards.len.target_tokens", "must be >= 0")
 

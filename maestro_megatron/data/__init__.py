@@ -7,12 +7,15 @@ from maestro_megatron.data.prompts import (
     PromptRecord,
     PromptStream,
     builtin_texts,
+    describe_splits,
     load_builtin_rows,
     load_data_config,
     load_prompts,
     load_sft_rows,
+    select_split,
+    split_counts,
 )
 
 __all__ = ["ALIASES", "BUILTIN_PROMPTS", "DataError", "PromptRecord", "PromptStream",
            "builtin_texts", "load_builtin_rows", "load_data_config", "load_prompts",
-           "load_sft_rows"]
+           "describe_splits", "load_sft_rows", "select_split", "split_counts"]

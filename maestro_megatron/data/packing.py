@@ -30,6 +30,16 @@ class SequenceBatch:
     def batch_size(self) -> int:
         return self.tokens.size(0)
 
+    def rows(self, index: torch.Tensor) -> SequenceBatch:
+        """The rows `index` ([b] long) of every field, in that order."""
+        def pick(t):
+            return None if t is None else t[index.to(t.device)]
+
+        return replace(self, tokens=pick(self.tokens), response_mask=pick(self.response_mask),
+                       position_ids=pick(self.position_ids),
+                       attention_mask=pick(self.attention_mask),
+                       extras={k: pick(v) for k, v in self.extras.items()})
+
     def slice(self, start: int, stop: int) -> SequenceBatch:
         """Rows [start, stop) of every field."""
         def cut(t):
@@ -59,3 +69,22 @@ def pack_sequences(prompt_ids: list[list[int]], completion_ids: list[list[int]],
         tokens[i, :len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, min(len(prompt), len(row)):len(row)] = 1.0
     return SequenceBatch(tokens=tokens, response_mask=mask)
+
+
+def minibatch_rows(num_prompts: int, group_size: int, num_minibatches: int,
+                   first_prompt: int = 0) -> list[torch.Tensor]:
+    """Row indices ([num_prompts * G / M] long each) of the M PPO mini-batches of one
+    data-parallel rank holding global prompts [first_prompt, first_prompt + num_prompts).
+
+    Global prompt p (with its G responses) goes to mini-batch p % M, so a mini-batch is
+    the same set of groups whatever the data-parallel split (needs num_prompts % M == 0
+    and first_prompt % M == 0, i.e. M divides every rank's prompt count).
+    """
+    if num_prompts % num_minibatches or first_prompt % num_minibatches:
+        raise ValueError(f"{num_minibatches} mini-batches do not divide a rank's "
+                         f"{num_prompts} prompts")
+    parts = []
+    for m in range(num_minibatches):
+        prompts = torch.arange(m, num_prompts, num_minibatches)
+        parts.append((prompts[:, None] * group_size + torch.arange(group_size)).flatten())
+    return parts

@@ -58,6 +58,8 @@ class PromptRecord:
     prompt: str
     reference: str | None
     task: str
+    split: str | None = None
+    """The row's split (train / validation / test), None when the file has none."""
 
 
 # ---------------------------------------------------------------- benchmark adapters
@@ -231,8 +233,9 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
 READERS = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows}
 
 
-def _record(row: Any, where: str, path: Path, keys: tuple[str, str, str]) -> PromptRecord:
-    prompt_key, reference_key, task_key = keys
+def _record(row: Any, where: str, path: Path, keys: tuple[str, str, str, str]
+            ) -> PromptRecord:
+    prompt_key, reference_key, task_key, split_key = keys
     if not isinstance(row, dict):
         raise DataError(f"{path}: {where}: expected an object, got {type(row).__name__}")
     if prompt_key in row:
@@ -263,7 +266,14 @@ def _record(row: Any, where: str, path: Path, keys: tuple[str, str, str]) -> Pro
     if task is not None and not isinstance(task, str):
         raise DataError(f"{path}: {where}: key {task_key!r} must be a string, got "
                         f"{type(task).__name__}")
-    return PromptRecord(prompt=prompt, reference=reference or None, task=task or path.stem)
+    split = row.get(split_key)
+    if split is not None and not isinstance(split, str):
+        raise DataError(f"{path}: {where}: key {split_key!r} must be a string, got "
+                        f"{type(split).__name__}")
+    # A reference of only whitespace is no reference (it would score r_ppl on nothing).
+    reference = reference if reference is not None and reference.strip() else None
+    return PromptRecord(prompt=prompt, reference=reference, task=task or path.stem,
+                        split=split.strip() or None if split is not None else None)
 
 
 def _reader(path: str | Path | None, what: str):
@@ -280,25 +290,71 @@ def _reader(path: str | Path | None, what: str):
 
 
 def load_prompts(path: str | Path | None = None, *, prompt_key: str = "prompt",
-                 reference_key: str = "reference", task_key: str = "task") -> list[PromptRecord]:
+                 reference_key: str = "reference", task_key: str = "task",
+                 split_key: str = "split") -> list[PromptRecord]:
     """Read ``path`` (``.jsonl``, ``.csv`` or a ``.json`` list; None: the built-in set).
 
-    An empty reference ("" or null) becomes None. ``task`` defaults to the file stem.
+    An empty or whitespace-only reference ("", "  ", null) becomes None. ``task``
+    defaults to the file stem; ``split`` is the row's ``split_key`` value (or None).
     Raises `DataError` (file + line + key) on the first malformed row, on an empty file
     and on an unknown extension.
     """
     path, reader = _reader(path, "prompt file")
-    keys = (prompt_key, reference_key, task_key)
+    keys = (prompt_key, reference_key, task_key, split_key)
     records = [_record(row, where, path, keys) for where, row in reader(path)]
     if not records:
         raise DataError(f"{path}: empty file (no prompts)")
     return records
 
 
-def load_data_config(data_cfg) -> list[PromptRecord]:
-    """`load_prompts` with a recipe's `DataConfig` (path None: the built-in set)."""
-    return load_prompts(data_cfg.path, prompt_key=data_cfg.prompt_key,
-                        reference_key=data_cfg.reference_key, task_key=data_cfg.task_key)
+def split_counts(records: Sequence[PromptRecord]) -> dict[str, int]:
+    """Rows per split ("-" for rows without one), in first-seen order."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.split or "-"] = counts.get(r.split or "-", 0) + 1
+    return counts
+
+
+def select_split(records: Sequence[PromptRecord], split: str | None, where: str
+                 ) -> list[PromptRecord]:
+    """The rows of `split`. A file without a split column (or split None) is used whole;
+    a split column without a single `split` row is a DataError naming the counts."""
+    if split is None or all(r.split is None for r in records):
+        return list(records)
+    chosen = [r for r in records if r.split == split]
+    if not chosen:
+        raise DataError(f"{where}: no rows of split {split!r} (rows per split: "
+                        f"{split_counts(records)})")
+    return chosen
+
+
+DEFAULT_SPLIT = object()
+
+
+def load_data_config(data_cfg, split=DEFAULT_SPLIT) -> list[PromptRecord]:
+    """`load_prompts` with a recipe's `DataConfig` (path None: the built-in set), keeping
+    the rows of `split` (default: data.split, i.e. "train" for training)."""
+    records = load_prompts(data_cfg.path, prompt_key=data_cfg.prompt_key,
+                           reference_key=data_cfg.reference_key, task_key=data_cfg.task_key,
+                           split_key=data_cfg.split_key)
+    wanted = data_cfg.split if split is DEFAULT_SPLIT else split
+    return select_split(records, wanted, str(data_cfg.path or BUILTIN_PROMPTS))
+
+
+def describe_splits(data_cfg, split=DEFAULT_SPLIT) -> str:
+    """One log line: the file's rows per split and which rows this run uses."""
+    records = load_prompts(data_cfg.path, prompt_key=data_cfg.prompt_key,
+                           reference_key=data_cfg.reference_key, task_key=data_cfg.task_key,
+                           split_key=data_cfg.split_key)
+    wanted = data_cfg.split if split is DEFAULT_SPLIT else split
+    name = data_cfg.path or "built-in prompts"
+    counts = split_counts(records)
+    if wanted is None or list(counts) == ["-"]:
+        why = "no split column" if list(counts) == ["-"] else "data.split is null"
+        return f"data: {name}: {len(records)} rows, all used ({why})"
+    shown = ", ".join(f"{k} {v}" for k, v in counts.items())
+    return (f"data: {name}: {shown}; using split {wanted!r} "
+            f"({len(select_split(records, wanted, str(name)))} rows)")
 
 
 def load_builtin_rows() -> list[dict[str, str]]:

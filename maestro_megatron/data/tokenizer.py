@@ -31,6 +31,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 FORMAT_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
+CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+"""ChatML, the turn format of Qwen's chat templates (without their tool and thinking
+extras): the tiny recipe's prompts take the same path as a chat model's."""
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 NEWLINE = "\n"
 ALPHABET = string.ascii_letters + string.digits + string.punctuation
@@ -135,8 +142,15 @@ def _normalise_json(out: Path) -> None:
                         encoding="utf-8")
 
 
+def train_chat_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 512
+                         ) -> Path:
+    """`train_tokenizer` with the ChatML turn tokens (always whole) and template."""
+    return train_tokenizer(texts, out_dir, vocab_size, chat_template=CHATML_TEMPLATE,
+                           extra_symbols=CHAT_TOKENS)
+
+
 def train_builtin_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> Path:
     """The tiny recipe's tokenizer: trained on the built-in prompts, references, responses."""
     from maestro_megatron.data.prompts import builtin_texts
 
-    return train_tokenizer(builtin_texts(), out_dir, vocab_size)
+    return train_chat_tokenizer(builtin_texts(), out_dir, vocab_size)

@@ -56,3 +56,11 @@ def check_replicas(conductor: Conductor, group: dist.ProcessGroup, tol: float = 
     drift = replica_drift(conductor, group)
     if drift > tol:
         raise RuntimeError(f"Conductor replicas drifted apart: max |diff| = {drift:.3e}")
+
+
+def sum_over_group(tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """A copy of `tensor` summed over `group` (the input is left as it is)."""
+    out = tensor.clone()
+    if dist.get_world_size(group) > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+    return out

@@ -21,6 +21,9 @@ the device. This module redirects exactly those names to the CPU, and nothing el
    ``TorchFunctionMode``, pushed once, rewrites a CUDA device argument to CPU, makes
    ``.cuda()`` a no-op and names CPU tensor types by their CUDA names.
 5. Pipeline p2p over gloo: :func:`config_overrides` turns off batched p2p (see there).
+6. Warnings raised inside a torch call name this module (the mode's frame); the one
+   known-harmless one, megatron's optimizer reading unset ``.grad`` of its fp32 views,
+   is silenced where it happens (:func:`_optimizer_view_grad`).
 
 Activate with :func:`enable_cpu_compat` before building anything; it is a no-op when
 CUDA is available, and idempotent.
@@ -30,6 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
+import warnings
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -65,7 +70,35 @@ class _CudaToCpuMode(TorchFunctionMode):
             kwargs = {**kwargs, "device": _CPU}
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], _CPU, *args[2:])
+        if _is_grad_read(func) and not (args[0].is_leaf or args[0].retains_grad) \
+                and sys._getframe(1).f_globals.get("__name__", "").startswith(_OPTIMIZER):
+            return _optimizer_view_grad(args[0])
         return func(*args, **kwargs)
+
+
+_GRAD = torch._C.TensorBase.grad
+_OPTIMIZER = "megatron.core.optimizer"
+_UNSET_GRAD_OF_VIEW = r"The \.grad attribute of a Tensor that is not a leaf Tensor"
+
+
+def _is_grad_read(func) -> bool:
+    # A property reaches the mode as its descriptor's bound __get__ (or __set__).
+    return getattr(func, "__self__", None) is _GRAD and func.__name__ == "__get__"
+
+
+def _optimizer_view_grad(tensor: torch.Tensor):
+    """``tensor.grad`` of a non-leaf, read by megatron's optimizer, without torch's
+    warning for an unset one.
+
+    megatron's distributed optimizer keeps fp32 shards as views of the parameters; its
+    ``zero_grad`` reads their ``.grad`` (which ``step`` sets), and while it is unset the
+    read returns None and torch warns (megatron's own comment: "throws grad-access
+    warning"). Every torch call passes through this mode, so the warning would name this
+    module; only this read is silenced, a non-leaf ``.grad`` read elsewhere still warns.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _UNSET_GRAD_OF_VIEW, UserWarning)
+        return tensor.grad
 
 
 class _NullStream:

@@ -108,6 +108,7 @@ def build_transformer_config(
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
+        cuda_graph_scope=[],  # the whole layer; megatron's default "full" is deprecated
         **config_overrides(),
     )
 

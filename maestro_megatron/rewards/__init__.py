@@ -9,6 +9,7 @@ from maestro_megatron.rewards.components import (
     compute_rewards,
     ent_reward,
     fmt_reward,
+    has_reference,
     len_reward,
     ppl_reward,
     pref_reward,
@@ -20,6 +21,6 @@ from maestro_megatron.rewards.normalize import normalize_components
 from maestro_megatron.rewards.scalarize import scalar_reward
 
 __all__ = ["NEEDS_PROXY", "NEEDS_SCORER", "REWARDS", "PreferenceScorer", "RewardBatch",
-           "RewardSpec", "compute_rewards", "ent_reward", "fmt_reward", "len_reward",
-           "normalize_components", "ppl_reward", "pref_reward", "register_reward",
+           "RewardSpec", "compute_rewards", "ent_reward", "fmt_reward", "has_reference",
+           "len_reward", "normalize_components", "ppl_reward", "pref_reward", "register_reward",
            "reward_needs", "scalar_reward", "strip_answer"]

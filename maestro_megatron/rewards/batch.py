@@ -37,6 +37,14 @@ class RewardBatch:
     proxy_answer_logprobs: torch.Tensor | None = None
     proxy_answer_mask: torch.Tensor | None = None
     proxy_response_logprobs: torch.Tensor | None = None
+    proxy_answer_skipped: torch.Tensor | None = None
+    """[B] bool: the reference could not be scored whole (r_ppl 0)."""
+    reasoning_tokens: torch.Tensor | None = None
+    """[B] tokens of each response's <think> span (NOVER's |t|)."""
+    policy_logprobs: torch.Tensor | None = None
+    """[B, T] the rollout policy's log-probs of the sampled response tokens."""
+    group_size: int = 1
+    """G: rows [i*G, (i+1)*G) are one prompt's responses."""
     pref_scorer: PreferenceScorer | Any = None
 
     def __len__(self) -> int:

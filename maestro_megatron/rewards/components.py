@@ -54,16 +54,29 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
+def has_reference(reference: str | None) -> bool:
+    """One rule everywhere: None, "" and whitespace are no reference."""
+    return reference is not None and reference.strip() != ""
+
+
 def ppl_reward(answer_logprobs: torch.Tensor, answer_mask: torch.Tensor,
                fallback_logprobs: torch.Tensor | None = None,
                fallback_mask: torch.Tensor | None = None,
-               has_reference: torch.Tensor | None = None) -> torch.Tensor:
+               has_reference: torch.Tensor | None = None,
+               skipped: torch.Tensor | None = None) -> torch.Tensor:
     """r_ppl = exp(mean log p(reference-answer tokens | prompt + response reasoning)).
 
     answer_logprobs, answer_mask: [B, Ta]. Rows with has_reference False use the
     response's own mean token log-prob under the proxy (fallback_*: [B, T]). (NOVER.)
+    Rows whose reference could not be scored whole (`skipped` [B] bool) score 0, and
+    so does any referenced row with an empty mask: an unscored reference never gets
+    exp(0) = 1, the best score.
     """
-    reward = torch.exp(_masked_mean(answer_logprobs, answer_mask))
+    scored = answer_mask.sum(dim=1) > 0
+    reward = torch.where(scored, torch.exp(_masked_mean(answer_logprobs, answer_mask)),
+                         torch.zeros(()))
+    if skipped is not None:
+        reward = torch.where(skipped.bool(), torch.zeros(()), reward)
     if has_reference is None or bool(has_reference.all()):
         return reward
     if fallback_logprobs is None or fallback_mask is None:
@@ -117,9 +130,10 @@ def strip_answer(response: str, answer_pattern: str) -> str:
 @register_reward("ppl", needs=(NEEDS_PROXY,))
 def _ppl(batch: RewardBatch, opts) -> torch.Tensor:
     batch.require("proxy_answer_logprobs", "proxy_answer_mask")
-    has_ref = torch.tensor([r is not None for r in batch.references])
+    has_ref = torch.tensor([has_reference(r) for r in batch.references])
     return ppl_reward(batch.proxy_answer_logprobs, batch.proxy_answer_mask,
-                      batch.proxy_response_logprobs, batch.response_mask, has_ref)
+                      batch.proxy_response_logprobs, batch.response_mask, has_ref,
+                      batch.proxy_answer_skipped)
 
 
 @register_reward("fmt")
@@ -143,6 +157,43 @@ def _len(batch: RewardBatch, opts) -> torch.Tensor:
 def _pref(batch: RewardBatch, opts) -> torch.Tensor:
     batch.require("pref_scorer")
     return pref_reward(batch.pref_scorer, batch.prompts, batch.responses, batch.references)
+
+
+@register_reward("nover", needs=(NEEDS_PROXY,))
+def _nover(batch: RewardBatch, opts) -> torch.Tensor:
+    """NOVER's whole reward (format-gated rank + efficiency of the reasoning perplexity
+    under the proxy; `maestro_megatron.rewards.nover`). Use it alone (scalarizer
+    `single`, normalization none, Dr.GRPO advantages) for the NOVER baseline."""
+    from maestro_megatron.rewards.nover import nover_reward, reasoning_perplexity
+
+    batch.require("proxy_answer_logprobs", "proxy_answer_mask", "reasoning_tokens")
+    g = batch.group_size
+    fmt = fmt_reward(batch.responses, opts.format_pattern)
+    ppl = reasoning_perplexity(batch.proxy_answer_logprobs, batch.proxy_answer_mask,
+                               batch.reasoning_tokens)
+    scored = torch.tensor([has_reference(r) for r in batch.references])
+    if batch.proxy_answer_skipped is not None:
+        scored &= ~batch.proxy_answer_skipped.bool()
+    reward = nover_reward(fmt.view(-1, g), ppl.view(-1, g),
+                          batch.reasoning_tokens.view(-1, g), scored.view(-1, g),
+                          w_format=opts.w_format, w_reasoning=opts.w_reasoning,
+                          w_efficiency=opts.w_efficiency)
+    return reward.flatten()
+
+
+def seq_logprob_reward(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """r = (1/|y|) sum_t log pi(y_t | x, y_<t): minus the length-normalised entropy of
+    the sampled trajectory, estimated from its own tokens (EM-RL's sequence-level
+    reward: Agarwal et al., "The Unreasonable Effectiveness of Entropy Minimization in
+    LLM Reasoning", arXiv 2505.15134; code: chotkrin/EM_PT, EMRLSequenceRewardManager,
+    the mean of the rollout's old log-probs). logprobs, mask: [B, T] -> [B]."""
+    return _masked_mean(logprobs, mask)
+
+
+@register_reward("seq_logprob")
+def _seq_logprob(batch: RewardBatch, opts) -> torch.Tensor:
+    batch.require("policy_logprobs", "response_mask")
+    return seq_logprob_reward(batch.policy_logprobs, batch.response_mask)
 
 
 def compute_rewards(batch: RewardBatch, components: tuple[str, ...], options) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -16,17 +18,40 @@ def _zscore(x: torch.Tensor, dim) -> torch.Tensor:
     return torch.where(std > 0, centered / torch.where(std > 0, std, 1.0), 0.0)
 
 
-def normalize_components(rewards: torch.Tensor, mode: str = "group") -> torch.Tensor:
+def _batch_zscore(x: torch.Tensor, reduce_sum: Callable[[torch.Tensor], torch.Tensor]
+                  ) -> torch.Tensor:
+    """z-score each component over the GLOBAL batch; x: [N, G, K] is this rank's share,
+    reduce_sum sums a tensor over the data-parallel ranks (two passes: mean, then the
+    Bessel variance around it)."""
+    flat = x.reshape(-1, x.shape[-1]).double()
+    totals = reduce_sum(torch.cat([flat.sum(0), torch.tensor([float(flat.shape[0])],
+                                                             dtype=torch.float64)]))
+    count, mean = totals[-1], totals[:-1] / totals[-1]
+    squares = reduce_sum(((flat - mean) ** 2).sum(0))
+    if count < 2:
+        return torch.zeros_like(x)
+    std = (squares / (count - 1)).sqrt()
+    z = torch.where(std > 0, (flat - mean) / torch.where(std > 0, std, 1.0), 0.0)
+    return z.to(x.dtype).view_as(x)
+
+
+def normalize_components(rewards: torch.Tensor, mode: str = "group",
+                         reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+                         ) -> torch.Tensor:
     """rewards: [N, G, K] -> [N, G, K].
 
     group: z-score each component within each group (Bessel std; std 0 -> 0);
-    batch: z-score each component over all N*G responses; none: unchanged.
+    batch: z-score each component over all N*G responses of the global batch: with
+    `reduce_sum` (sum over data-parallel ranks) the moments are the global ones, so the
+    result does not depend on the split; none: unchanged.
     """
     if rewards.dim() != 3:
         raise ValueError(f"rewards must be [N, G, K], got {tuple(rewards.shape)}")
     if mode == "group":
         return _zscore(rewards, 1)
     if mode == "batch":
+        if reduce_sum is not None:
+            return _batch_zscore(rewards, reduce_sum)
         return _zscore(rewards, (0, 1))
     if mode == "none":
         return rewards

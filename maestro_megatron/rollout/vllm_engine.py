@@ -7,6 +7,7 @@ imported only inside methods, so `maestro_megatron` imports without it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from maestro_megatron.logs import is_verbose
 from maestro_megatron.rollout.base import (
     EngineFeatureUnsupported,
     Prompts,
@@ -22,6 +24,7 @@ from maestro_megatron.rollout.base import (
     RolloutGroup,
     SamplingConfig,
 )
+from maestro_megatron.rollout.vllm_logging import quiet_vllm_logs
 
 WORKER_EXTENSION = "maestro_megatron.rollout.vllm_worker.RefitWorkerExtension"
 CPU_KV_CACHE_BYTES = 256 * 1024 * 1024
@@ -39,13 +42,19 @@ def prompt_seed(seed: int, index: int) -> int:
     return (z ^ (z >> 31)) & 0x3FFFFFFF
 
 
-def quiet_vllm() -> None:
-    """vLLM logs at WARNING: the env variable reaches the engine-core processes it
-    spawns; the logger level covers a vLLM already imported in this process."""
-    import logging
-
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"])
+@contextlib.contextmanager
+def _quiet_engine_processes():
+    """The engine processes started inside log no C++ (c10) warnings, only errors: the
+    CPU worker's one is NUMA advice ("NUMA binding: Using MEMBIND policy ..."). They
+    read TORCH_CPP_LOG_LEVEL at start; this process keeps its own setting."""
+    old = os.environ.get("TORCH_CPP_LOG_LEVEL")
+    if old is None:
+        os.environ["TORCH_CPP_LOG_LEVEL"] = "ERROR"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_CPP_LOG_LEVEL", None)
 
 
 class VLLMEngine(RolloutEngine):
@@ -64,8 +73,10 @@ class VLLMEngine(RolloutEngine):
         logprobs_mode: "processed_logprobs" (default): `rollout_logprobs` are those of the
             distribution actually sampled (after temperature / top-p), i.e. what the
             trainer computes from logits / temperature; "raw_logprobs": temperature 1.
-        verbose: keep vLLM's INFO logs (default: WARNING and above, in every engine
-            process; an explicit VLLM_LOGGING_LEVEL in the environment wins).
+        verbose: keep all of vLLM's output (also with MAESTRO_VERBOSE=1); default: WARNING
+            and up in every engine process, minus known-harmless messages
+            (`maestro_megatron.rollout.vllm_logging`), no weight-loading progress bar. A
+            VLLM_LOGGING_LEVEL or VLLM_LOGGING_CONFIG_PATH in the environment wins.
         engine_kwargs: more `vllm.LLM` keyword arguments (override the above).
     """
 
@@ -75,8 +86,9 @@ class VLLMEngine(RolloutEngine):
                  kv_cache_bytes: int | None = None, enforce_eager: bool | None = None,
                  logprobs_mode: str = "processed_logprobs", verbose: bool = False,
                  engine_kwargs: dict[str, Any] | None = None) -> None:
+        verbose = is_verbose(verbose)
         if not verbose:
-            quiet_vllm()
+            quiet_vllm_logs()
         import vllm.envs as envs
         from vllm import LLM
         from vllm.platforms import current_platform
@@ -103,8 +115,11 @@ class VLLMEngine(RolloutEngine):
                           enable_sleep_mode=enable_sleep_mode)
             if kv_cache_bytes is not None:
                 kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
+        if not verbose:
+            kwargs["use_tqdm_on_load"] = False
         kwargs.update(engine_kwargs or {})
-        self._llm = LLM(**kwargs)
+        with contextlib.nullcontext() if verbose else _quiet_engine_processes():
+            self._llm = LLM(**kwargs)
         self.supports_sleep = bool(enable_sleep_mode)
 
     @property

@@ -58,6 +58,10 @@ def _no_sync(module: torch.nn.Module) -> None:
     return None
 
 
+def _local_sum(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 @dataclass(frozen=True)
 class ReplicaSync:
     """Plumbing a learning scalarizer needs from the parallel layer (passed in, so the
@@ -67,6 +71,8 @@ class ReplicaSync:
     """All-reduce a module's gradients to their data-parallel mean."""
     check_replicas: Callable[[torch.nn.Module], None] = _no_sync
     """Raise if the tensor-parallel replicas of a module differ."""
+    sum_over_dp: Callable[[torch.Tensor], torch.Tensor] = _local_sum
+    """A tensor summed over the data-parallel ranks (batch-level statistics)."""
 
 
 class Scalarizer:

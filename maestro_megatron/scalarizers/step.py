@@ -8,11 +8,12 @@ and h meet (the last pipeline stage), on one data-parallel rank's whole groups.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from maestro_megatron.algorithms import group_advantages, kl_estimate, masked_seq_mean
+from maestro_megatron.algorithms import ADVANTAGE_ESTIMATORS, kl_estimate, masked_seq_mean
 from maestro_megatron.rewards import normalize_components, scalar_reward
 from maestro_megatron.scalarizers.base import Scalarization, Scalarizer, ScalarizerContext
 
@@ -56,17 +57,21 @@ def scalarize_step(scalarizer: Scalarizer, rewards: torch.Tensor, *, logprobs: t
                    ref_logprobs: torch.Tensor, response_mask: torch.Tensor,
                    h: torch.Tensor | None, step: int, uniforms: torch.Tensor, grpo,
                    normalization: str = "group", tasks: tuple[str, ...] = (),
-                   task_ids: torch.Tensor | None = None) -> Scalarized:
+                   task_ids: torch.Tensor | None = None,
+                   reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+                   ) -> Scalarized:
     """rewards: [B, K] raw; logprobs / ref_logprobs / response_mask: [B, S]; h: [B, d];
     uniforms: [B] (this rank's slice of the global stream); grpo: GRPOConfig
     (group_size, kl_kind, kl_coef, kl_in_loss, adv_eps, normalize_std).
 
     B must hold whole groups. KL goes into R unless grpo.kl_in_loss (then beta = 0 here).
+    reduce_sum (sum over data-parallel ranks) makes batch-level statistics global.
     """
     g, k = grpo.group_size, rewards.shape[1]
     if rewards.shape[0] % g:
         raise ValueError(f"{rewards.shape[0]} responses are not whole groups of {g}")
-    normalised = normalize_components(rewards.view(-1, g, k), normalization).view(-1, k)
+    normalised = normalize_components(rewards.view(-1, g, k), normalization,
+                                      reduce_sum).view(-1, k)
     ctx = ScalarizerContext(step=step, rewards=rewards, normalized=normalised,
                             uniforms=uniforms, group_size=g, tasks=tuple(tasks),
                             task_ids=task_ids, h=h)
@@ -75,8 +80,9 @@ def scalarize_step(scalarizer: Scalarizer, rewards: torch.Tensor, *, logprobs: t
                              response_mask).cpu()
     beta = 0.0 if grpo.kl_in_loss else grpo.kl_coef
     scores = scalar_reward(used.weights, normalised, kl_seq, beta)
-    advantages = group_advantages(scores.view(-1, g), eps=grpo.adv_eps,
-                                  normalize_std=grpo.normalize_std).flatten()
+    estimator = ADVANTAGE_ESTIMATORS[grpo.advantage_estimator]
+    advantages = estimator(scores.view(-1, g), eps=grpo.adv_eps, normalize_std=grpo.normalize_std,
+                           reduce_sum=reduce_sum).flatten()
     weighted_raw = (used.weights.to(rewards.dtype) * rewards).sum(dim=-1)
     return Scalarized(context=ctx, used=used, kl_seq=kl_seq, scores=scores,
                       weighted_raw=weighted_raw, advantages=advantages,

@@ -55,7 +55,7 @@ def prepare_tokenizer(recipe: Recipe, run_dir: Path, groups: ParallelGroups) -> 
     if recipe.model.hf_path:
         return Path(recipe.model.hf_path)
     from maestro_megatron.data.prompts import builtin_texts, load_data_config
-    from maestro_megatron.data.tokenizer import train_tokenizer
+    from maestro_megatron.data.tokenizer import train_chat_tokenizer
 
     out = run_dir / "tokenizer"
     if groups.rank == 0 and not (out / "tokenizer.json").is_file():
@@ -63,7 +63,7 @@ def prepare_tokenizer(recipe: Recipe, run_dir: Path, groups: ParallelGroups) -> 
         if recipe.data.path is not None:
             texts += [t for r in load_data_config(recipe.data) for t in (r.prompt, r.reference)
                       if t]
-        train_tokenizer(texts, out, vocab_size=recipe.data.tokenizer_vocab_size)
+        train_chat_tokenizer(texts, out, vocab_size=recipe.data.tokenizer_vocab_size)
     _barrier()
     return out
 
@@ -119,7 +119,7 @@ def warmup(recipe: Recipe, cfg: ModelConfig, policy, tokenizer, groups: Parallel
     for _ in range(w.num_steps):
         pick = torch.randint(0, len(rows), (w.batch_size,), generator=gen).tolist()
         mine = [rows[i] for i in pick][groups.dp_rank * per_rank:(groups.dp_rank + 1) * per_rank]
-        prompts = [encode_prompt(tokenizer, r["prompt"], recipe.data.prompt_format)
+        prompts = [encode_prompt(tokenizer, r["prompt"], recipe.data)
                    for r in mine]
         targets = [tokenizer(r["response"], add_special_tokens=False)["input_ids"]
                    + [tokenizer.eos_token_id] for r in mine]

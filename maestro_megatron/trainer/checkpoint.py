@@ -125,14 +125,15 @@ def _load_scalarizer(ckpt: Path, meta: dict, groups: ParallelGroups, scalarizer)
     files = [folder / f"dp_{r:05d}.pt" for r in range(saved_dp)]
     if not files[0].is_file():
         raise FileNotFoundError(f"{ckpt}: holds no scalarizer state ({files[0]} is missing)")
-    name = meta.get("scalarizer")
-    if name != scalarizer.name:
-        raise ValueError(f"scalarizer.name: checkpoint {ckpt} was written by {name!r}, "
-                         f"this run uses {scalarizer.name!r}")
+    mine = [groups.dp_rank] if saved_dp == groups.dp_size else range(saved_dp)
+    blobs = [torch.load(files[r], weights_only=False) for r in mine]
+    if blobs[0]["name"] != scalarizer.name:
+        raise ValueError(f"scalarizer.name: checkpoint {ckpt} was written by "
+                         f"{blobs[0]['name']!r}, this run uses {scalarizer.name!r}")
+    states = [b["state"] for b in blobs]
     if saved_dp == groups.dp_size:
-        scalarizer.load_state_dict(torch.load(files[groups.dp_rank], weights_only=False))
+        scalarizer.load_state_dict(states[0])
         return
-    states = [torch.load(f, weights_only=False) for f in files]
     scalarizer.load_state_dict(type(scalarizer).reshard_states(states, groups.dp_rank,
                                                                groups.dp_size))
 
@@ -159,24 +160,28 @@ def save_checkpoint(ckpt_root: Path, step: int, *, model_chunks, optimizer, sche
     if leader:
         if tmp.exists():
             shutil.rmtree(tmp)  # a crashed earlier attempt
-        (tmp / "rng").mkdir(parents=True)
-        (tmp / SCALARIZER_DIR).mkdir()
+        tmp.mkdir(parents=True)
     dist.barrier()
 
     from megatron.core import dist_checkpointing
 
     sharded = _sharded_state(model_chunks, optimizer, groups, is_loading=False,
                              sharding_type=sharding_type)
+    # Empty until here: megatron (rank 0) takes a non-empty directory for a crashed save
+    # and warns "Overwriting old incomplete / corrupted checkpoint". Every rank passes
+    # save's collectives only after rank 0's check, so the folders below come later.
     dist_checkpointing.save(sharded, str(tmp),
                             content_metadata={"format": FORMAT, "sharding_type": sharding_type})
+    (tmp / "rng").mkdir(exist_ok=True)  # every rank: no extra collective, same contents
+    (tmp / SCALARIZER_DIR).mkdir(exist_ok=True)
     torch.save(_rng_state(generators), tmp / "rng" / f"rank_{groups.rank:05d}.pt")
     if _writes_scalarizer(groups, scalarizer):
-        torch.save(scalarizer.state_dict(), tmp / SCALARIZER_DIR / f"dp_{groups.dp_rank:05d}.pt")
+        torch.save({"name": scalarizer.name, "state": scalarizer.state_dict()},
+                   tmp / SCALARIZER_DIR / f"dp_{groups.dp_rank:05d}.pt")
     dist.barrier()
 
     if leader:
         meta = {"format": FORMAT, "step": step, "extra": json.loads(extra_json),
-                "scalarizer": getattr(scalarizer, "name", None),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "sharding_type": sharding_type, "num_model_chunks": len(model_chunks),
                 "world_size": groups.world_size,

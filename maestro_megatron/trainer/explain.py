@@ -41,8 +41,11 @@ def explain(run_dir: Path, pairs: list[dict]) -> tuple[list[str], torch.Tensor, 
                              pp_rank=0, pp_size=1, freeze=True)
         load_hf_weights(chunks, hf_dir, cfg, groups)
         tok = AutoTokenizer.from_pretrained(hf_dir)
-        prompts = [encode_prompt(tok, p["prompt"], recipe.data.prompt_format) for p in pairs]
-        responses = [tok(p["response"], add_special_tokens=False)["input_ids"] for p in pairs]
+        prompts = [encode_prompt(tok, p["prompt"], recipe.data) for p in pairs]
+        # + EOS: a finished training response ends with it, so h (at the last response
+        # token) sits on the same token as in training.
+        responses = [tok(p["response"], add_special_tokens=False)["input_ids"]
+                     + [tok.eos_token_id] for p in pairs]
         batch = pack_sequences(prompts, responses, tok.pad_token_id, cfg.seq_length)
         out = forward_logprobs(chunks, batch, groups, micro_batch_size=1,
                                vocab_size=cfg.vocab_size)

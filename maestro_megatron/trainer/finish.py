@@ -8,7 +8,8 @@ from pathlib import Path
 def finish_run(state) -> Path:
     """After the last step: the trained policy as an HF directory (`hf_final/`, for
     transformers / vLLM), the scalarizer's export (the Conductor's `conductor.pt`),
-    the plots; then the process groups are torn down. Returns the run directory."""
+    the plots, the summary on the console; then the process groups are torn down.
+    Returns the run directory."""
     import shutil
 
     from maestro_megatron.megatron.parallel import destroy_distributed
@@ -27,9 +28,11 @@ def finish_run(state) -> Path:
               base_config=special)
     if state.is_logger:
         from maestro_megatron.trainer.plots import plot_conductor_weights, plot_rewards
+        from maestro_megatron.trainer.summary import format_summary
 
         state.scalarizer.export(run_dir, tuple(state.recipe.rewards.components))
         plot_conductor_weights(run_dir)
         plot_rewards(run_dir)
+        print(format_summary(run_dir), flush=True)  # this rank wrote everything it names
     destroy_distributed()
     return run_dir

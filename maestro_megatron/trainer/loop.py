@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from maestro_megatron.config import Recipe
-from maestro_megatron.data.packing import SequenceBatch
+from maestro_megatron.data.packing import SequenceBatch, minibatch_rows
 from maestro_megatron.megatron.train_step import grpo_train_step
 from maestro_megatron.rollout import SamplingConfig, refit_policy
 from maestro_megatron.scalarizers import step_uniforms
@@ -79,12 +79,12 @@ def run_step(state: RunState, step: int) -> None:
                                        local.num_responses),
                 tasks=tuple(local.per_response(local.tasks)),
                 task_ids=torch.tensor([state.task_index[t]
-                                       for t in local.per_response(local.tasks)]))
-            step_stats, task_weights = step_metrics(recipe, local, sc, fwd.policy.logprobs,
-                                                    groups)
+                                       for t in local.per_response(local.tasks)]),
+                reduce_sum=state.sync.sum_over_dp)
+            step_stats, task_weights = step_metrics(recipe, local, sc, fwd, groups)
             metrics.update(step_stats)
     with timer("train"):
-        metrics.update(train_step(state, fwd, sc))
+        metrics.update(train_step(state, fwd, sc, local.truncated))
     if sc is not None:
         with timer("scalarizer_update"):
             state.scalarizer.observe(sc.context, sc.used, sc.advantages)
@@ -110,22 +110,35 @@ def rollout_step(state: RunState, step: int):
     if state.engine is not None:
         sampling = SamplingConfig.from_rollout(recipe.rollout, seed=recipe.run.seed + step)
         batch = collect_rollouts(state.engine, prompts, state.models.tokenizer, sampling,
-                                 recipe.grpo.group_size, recipe.data.prompt_format)
+                                 recipe.grpo.group_size, recipe.data)
     batch = broadcast_rollouts(batch)
     return batch.groups_slice(state.groups.dp_rank * state.prompts_per_rank,
                               state.prompts_per_rank)
 
 
-def train_step(state: RunState, fwd, sc) -> dict[str, float]:
-    """The GRPO policy update on this rank's rows (advantages live on the last stage)."""
-    device, (rows, seq) = state.device, fwd.sequences.tokens.shape
+def train_step(state: RunState, fwd, sc, truncated: list[bool]) -> dict[str, float]:
+    """The GRPO policy update on this rank's rows (advantages live on the last stage):
+    ppo_epochs x num_minibatches optimizer steps, old log-probs from the rollout policy.
+    Returns the metrics' mean over the optimizer steps (train/lr: the last one)."""
+    g, device, (rows, seq) = state.recipe.grpo, state.device, fwd.sequences.tokens.shape
     zeros = torch.zeros(rows, seq, device=device)
     advantages = sc.advantages if sc is not None else torch.zeros(rows)
     extras = {"advantages": advantages.to(device),
               "old_logprobs": fwd.policy.logprobs if fwd.policy is not None else zeros,
               "ref_logprobs": fwd.reference.logprobs if fwd.reference is not None else zeros}
-    batch = SequenceBatch(fwd.sequences.tokens.to(device),
-                          fwd.sequences.response_mask.to(device), extras=extras)
-    return grpo_train_step(state.models.policy, state.optimizer, state.scheduler, batch,
-                           state.recipe.grpo, state.groups,
-                           vocab_size=state.models.cfg.vocab_size)
+    mask = fwd.sequences.response_mask
+    if g.mask_truncated:
+        mask = mask * (1.0 - torch.tensor(truncated, dtype=mask.dtype))[:, None]
+    batch = SequenceBatch(fwd.sequences.tokens.to(device), mask.to(device), extras=extras)
+    parts = [None] if g.num_minibatches == 1 else minibatch_rows(
+        state.prompts_per_rank, g.group_size, g.num_minibatches,
+        state.groups.dp_rank * state.prompts_per_rank)
+    steps = [grpo_train_step(state.models.policy, state.optimizer, state.scheduler,
+                             batch if part is None else batch.rows(part), g, state.groups,
+                             vocab_size=state.models.cfg.vocab_size)
+             for _ in range(g.ppo_epochs) for part in parts]
+    metrics = {k: sum(m[k] for m in steps) / len(steps) for k in steps[0]}
+    metrics["train/lr"] = steps[-1]["train/lr"]
+    if g.mask_truncated:
+        metrics["train/truncated_masked"] = float(sum(truncated))
+    return metrics

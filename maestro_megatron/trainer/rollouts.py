@@ -50,18 +50,31 @@ class RolloutBatch:
                             self.rollout_logprobs[rs])
 
 
-def encode_prompt(tokenizer, prompt: str, prompt_format: str) -> list[int]:
-    """plain: tokens of `prompt + "\\n"`; chat: the tokenizer's chat template."""
-    if prompt_format == "chat":
-        return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                  add_generation_prompt=True, tokenize=True))
+def encode_prompt(tokenizer, prompt: str, data) -> list[int]:
+    """Token ids of a prompt as the policy sees it; data: DataConfig.
+
+    plain: `prompt + "\\n"` with the tokenizer's special tokens; chat: the chat template
+    (optional system turn, the prompt as the user turn, the generation prompt, and
+    data.chat_template_kwargs), rendered to text and then encoded without adding
+    special tokens again (the template writes its own). Rendering first avoids
+    `apply_chat_template(tokenize=True)`, whose return type changed in transformers 5
+    (a BatchEncoding, not a list of ids).
+    """
+    if data.prompt_format == "chat":
+        messages = [{"role": "user", "content": prompt}]
+        if data.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": data.system_prompt})
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                             tokenize=False, **data.chat_template_kwargs)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return list(tokenizer(prompt + "\n", add_special_tokens=True)["input_ids"])
 
 
 def collect_rollouts(engine, records, tokenizer, sampling, group_size: int,
-                     prompt_format: str) -> RolloutBatch:
-    """Leader only: G samples per prompt from the engine (prompts passed as token ids)."""
-    prompt_ids = [encode_prompt(tokenizer, r.prompt, prompt_format) for r in records]
+                     data) -> RolloutBatch:
+    """Leader only: G samples per prompt from the engine (prompts passed as token ids);
+    data: DataConfig (prompt format)."""
+    prompt_ids = [encode_prompt(tokenizer, r.prompt, data) for r in records]
     groups = engine.generate(prompt_ids, group_size, sampling)
     responses = [resp for g in groups for resp in g.responses]
     return RolloutBatch(
@@ -88,29 +101,68 @@ def response_sequences(batch: RolloutBatch, pad_id: int, seq_length: int) -> Seq
                           seq_length)
 
 
-def answer_sequences(batch: RolloutBatch, tokenizer, pad_id: int, seq_length: int,
-                     answer_pattern: str) -> tuple[SequenceBatch, torch.Tensor]:
-    """r_ppl's view: prompt + response reasoning + "<answer>" + REFERENCE + "</answer>",
-    mask on the reference tokens (responses without a reference get an empty mask).
+THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
-    Returns (SequenceBatch [B, S'], has_reference [B] bool).
-    """
-    completions, mask_from = [], []
-    for text, ref in zip(batch.response_texts, batch.per_response(batch.references)):
-        reasoning = re.sub(answer_pattern, "", text, flags=re.DOTALL).rstrip()
-        head = tokenizer(reasoning + "<answer>", add_special_tokens=False)["input_ids"]
-        answer = tokenizer(ref, add_special_tokens=False)["input_ids"] if ref else []
-        tail = tokenizer("</answer>", add_special_tokens=False)["input_ids"] if ref else []
-        completions.append(head + answer + tail)
-        mask_from.append((len(head), len(head) + len(answer)))
+
+@dataclass
+class AnswerView:
+    """r_ppl's view of B responses: prompt + reasoning + "<answer>" + REFERENCE +
+    "</answer>", the reference tokens masked (DESIGN.md section 3)."""
+
+    sequences: SequenceBatch
+    """tokens [B, S'], response_mask [B, S'] = 1 on the reference tokens."""
+    has_reference: torch.Tensor
+    """[B] bool: the prompt has a (non-blank) reference."""
+    trimmed: torch.Tensor
+    """[B] bool: the reasoning was cut from its start so the whole reference fits."""
+    skipped: torch.Tensor
+    """[B] bool: prompt + "<answer>" + reference + "</answer>" alone exceed the sequence
+    length; r_ppl cannot score the whole reference (it scores 0, never 1)."""
+    reasoning_tokens: torch.Tensor
+    """[B] tokens of the stripped text inside the first <think>...</think> (0: none)."""
+
+
+def answer_sequences(batch: RolloutBatch, tokenizer, pad_id: int, seq_length: int,
+                     answer_pattern: str) -> AnswerView:
+    """Build r_ppl's view. The reference always appears whole: when the row would
+    exceed `seq_length`, the reasoning loses tokens from its START (the part next to
+    "<answer>" stays); when even no reasoning leaves room, the row is `skipped` and
+    its mask is empty. Rows without a reference get an empty mask."""
+    from maestro_megatron.rewards import has_reference
+
+    completions, spans, trimmed, skipped, thinking = [], [], [], [], []
+    opener = tokenizer("<answer>", add_special_tokens=False)["input_ids"]
+    closer = tokenizer("</answer>", add_special_tokens=False)["input_ids"]
     prompts = batch.per_response(batch.prompt_ids)
+    references = batch.per_response(batch.references)
+    for text, ref, prompt in zip(batch.response_texts, references, prompts):
+        reasoning = re.sub(answer_pattern, "", text, flags=re.DOTALL).rstrip()
+        head = tokenizer(reasoning, add_special_tokens=False)["input_ids"] + opener
+        think = THINK.search(text)
+        thinking.append(len(tokenizer(think.group(1).strip(), add_special_tokens=False)
+                            ["input_ids"]) if think and think.group(1).strip() else 0)
+        if not has_reference(ref):
+            completions.append(head)
+            spans.append((0, 0))
+            trimmed.append(False)
+            skipped.append(False)
+            continue
+        answer = tokenizer(ref, add_special_tokens=False)["input_ids"]
+        overflow = len(prompt) + len(head) + len(answer) + len(closer) - seq_length
+        cut = max(overflow, 0)
+        skip = cut > len(head) - len(opener)
+        head = head[min(cut, len(head) - len(opener)):]
+        completions.append(head + answer + closer)
+        spans.append((0, 0) if skip else (len(head), len(head) + len(answer)))
+        trimmed.append(0 < cut and not skip)
+        skipped.append(skip)
     seqs = pack_sequences(prompts, completions, pad_id, seq_length)
     mask = torch.zeros_like(seqs.response_mask)
-    for i, (p, (a, b)) in enumerate(zip(prompts, mask_from)):
-        mask[i, min(len(p) + a, seq_length):min(len(p) + b, seq_length)] = 1.0
-    has_ref = torch.tensor([r is not None and r != "" for r in
-                            batch.per_response(batch.references)])
-    return SequenceBatch(tokens=seqs.tokens, response_mask=mask), has_ref
+    for i, (p, (a, b)) in enumerate(zip(prompts, spans)):
+        mask[i, len(p) + a:len(p) + b] = 1.0
+    return AnswerView(SequenceBatch(tokens=seqs.tokens, response_mask=mask),
+                      torch.tensor([has_reference(r) for r in references]),
+                      torch.tensor(trimmed), torch.tensor(skipped), torch.tensor(thinking))
 
 
 def engine_trainer_gap(batch: RolloutBatch, trainer_logprobs: torch.Tensor) -> torch.Tensor:

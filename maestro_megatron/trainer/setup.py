@@ -13,7 +13,11 @@ from pathlib import Path
 import torch
 
 from maestro_megatron.config import Recipe, recipe_to_dict
-from maestro_megatron.megatron.conductor_replica import average_gradients, check_replicas
+from maestro_megatron.megatron.conductor_replica import (
+    average_gradients,
+    check_replicas,
+    sum_over_group,
+)
 from maestro_megatron.megatron.optimizer import build_optimizer
 from maestro_megatron.megatron.parallel import ParallelGroups, init_distributed
 from maestro_megatron.rewards import NEEDS_SCORER, reward_needs
@@ -57,15 +61,20 @@ class RunState:
 
 
 def prompts_per_rank(recipe: Recipe, groups: ParallelGroups) -> int:
-    """Prompts per DP rank; groups never straddle ranks and micro-batches divide rows."""
+    """Prompts per DP rank; groups never straddle ranks, mini-batches divide a rank's
+    prompts and micro-batches a mini-batch's rows."""
     g = recipe.grpo
     if g.num_prompts_per_step % groups.dp_size:
         raise ValueError(f"grpo.num_prompts_per_step={g.num_prompts_per_step} does not split "
                          f"over {groups.dp_size} data-parallel ranks")
     per_rank = g.num_prompts_per_step // groups.dp_size
-    if (per_rank * g.group_size) % g.micro_batch_size:
+    if per_rank % g.num_minibatches:
+        raise ValueError(f"grpo.num_minibatches={g.num_minibatches} does not divide the "
+                         f"{per_rank} prompts of each data-parallel rank")
+    rows = per_rank * g.group_size // g.num_minibatches
+    if rows % g.micro_batch_size:
         raise ValueError(f"grpo.micro_batch_size={g.micro_batch_size} does not divide the "
-                         f"{per_rank * g.group_size} responses of each data-parallel rank")
+                         f"{rows} responses of a mini-batch on each data-parallel rank")
     return per_rank
 
 
@@ -94,11 +103,12 @@ def setup_run(recipe: Recipe) -> RunState:
     models = prepare_models(recipe, run_dir, groups)
     device = next(models.policy[0].parameters()).device
     optimizer, scheduler = build_optimizer(g, recipe.parallel, recipe.precision, models.policy,
-                                           run.num_steps)
+                                           run.num_steps * g.num_minibatches * g.ppo_epochs)
     scalarizer = build_scalarizer(recipe, d_model=models.cfg.hidden_size, device=device) \
         if groups.is_last_stage else None
     sync = ReplicaSync(average_gradients=lambda m: average_gradients(m, groups.dp),
-                       check_replicas=lambda m: check_replicas(m, groups.tp))
+                       check_replicas=lambda m: check_replicas(m, groups.tp),
+                       sum_over_dp=lambda t: sum_over_group(t, groups.dp))
     records = load_data_config(recipe.data)
     task_index = {t: i for i, t in enumerate(sorted({r.task for r in records}))}
     stream = PromptStream(records, g.num_prompts_per_step, seed=run.seed)

@@ -19,6 +19,7 @@ from maestro_megatron.megatron.parallel import ParallelGroups
 from maestro_megatron.rewards import NEEDS_PROXY, RewardBatch, compute_rewards, reward_needs
 from maestro_megatron.scalarizers import Scalarized, scalarize_step
 from maestro_megatron.trainer.rollouts import (
+    AnswerView,
     RolloutBatch,
     answer_sequences,
     engine_trainer_gap,
@@ -38,8 +39,8 @@ class Forwards:
     reference: ForwardOutput | None
     proxy: ForwardOutput | None
     """r_ppl's forward of prompt + reasoning + reference (None when no component needs it)."""
-    answer_mask: torch.Tensor
-    """[B, S'] mask of the reference tokens in `proxy` (the response mask without it)."""
+    answers: AnswerView | None
+    """r_ppl's view (reference mask, trimmed / skipped rows); None without a proxy."""
 
 
 def forward_step(models, local: RolloutBatch, recipe: Recipe, groups: ParallelGroups,
@@ -50,13 +51,13 @@ def forward_step(models, local: RolloutBatch, recipe: Recipe, groups: ParallelGr
     sequences = response_sequences(local, pad_id, seq_len)
     policy = forward_logprobs(models.policy, sequences, groups, **kw)
     reference = forward_logprobs(models.reference, sequences, groups, **kw)
-    proxy, mask = None, sequences.response_mask
+    proxy = answers = None
     if NEEDS_PROXY in reward_needs(recipe.rewards.components):
-        answers, _ = answer_sequences(local, models.tokenizer, pad_id, seq_len,
-                                      recipe.rewards.ppl.answer_pattern)
-        proxy = forward_logprobs(models.reference, answers, groups, **kw)
-        mask = answers.response_mask
-    return Forwards(sequences, policy, reference, proxy, mask)
+        answers = answer_sequences(local, models.tokenizer, pad_id, seq_len,
+                                   recipe.rewards.ppl.answer_pattern)
+        proxy_model = models.policy if recipe.rewards.ppl.proxy == "policy" else models.reference
+        proxy = forward_logprobs(proxy_model, answers.sequences, groups, **kw)
+    return Forwards(sequences, policy, reference, proxy, answers)
 
 
 def reward_step(recipe: Recipe, local: RolloutBatch, fwd: Forwards, scorer,
@@ -69,8 +70,11 @@ def reward_step(recipe: Recipe, local: RolloutBatch, fwd: Forwards, scorer,
         vocab_size=vocab_size, entropy=fwd.policy.entropy,
         response_mask=fwd.sequences.response_mask,
         proxy_answer_logprobs=None if fwd.proxy is None else fwd.proxy.logprobs,
-        proxy_answer_mask=fwd.answer_mask,
-        proxy_response_logprobs=fwd.reference.logprobs, pref_scorer=scorer)
+        proxy_answer_mask=None if fwd.answers is None else fwd.answers.sequences.response_mask,
+        proxy_answer_skipped=None if fwd.answers is None else fwd.answers.skipped,
+        reasoning_tokens=None if fwd.answers is None else fwd.answers.reasoning_tokens,
+        proxy_response_logprobs=fwd.reference.logprobs, pref_scorer=scorer,
+        policy_logprobs=fwd.policy.logprobs, group_size=local.group_size)
     return compute_rewards(batch, recipe.rewards.components, recipe.rewards)
 
 
@@ -79,12 +83,15 @@ MetricView = tuple[dict[str, float], dict[str, tuple[list[float], int, float]], 
 
 
 def metric_view(names, local: RolloutBatch, sc: Scalarized,
-                trainer_logprobs: torch.Tensor | None = None) -> MetricView:
+                trainer_logprobs: torch.Tensor | None = None,
+                answers: AnswerView | None = None) -> MetricView:
     """This rank's metric SUMS (merged over DP ranks by `merge_metric_views`).
 
     trainer_logprobs [B, S]: when given (temperature 1, top-p 1), the largest
     |engine sampler logprob - trainer logprob| of any response token is recorded as
-    rollout/logprob_gap_max, a per-step check of the refit.
+    rollout/logprob_gap_max, a per-step check of the refit. answers: r_ppl's view,
+    for the fractions of rows whose reasoning was trimmed to fit the whole reference
+    (reward/ppl_reference_trimmed) or that could not be scored (reward/ppl_skipped).
     """
     lengths = torch.tensor([float(len(r)) for r in local.response_ids])
     sums = {f"reward/{n}": sc.rewards[:, i].sum().item() for i, n in enumerate(names)}
@@ -94,6 +101,9 @@ def metric_view(names, local: RolloutBatch, sc: Scalarized,
                  "reward/advantage_abs": sc.advantages.abs().sum().item(),
                  "kl/seq": sc.kl_seq.sum().item(), "response/length": lengths.sum().item(),
                  "response/truncated": float(sum(local.truncated))})
+    if answers is not None:
+        sums["reward/ppl_reference_trimmed"] = float(answers.trimmed.sum())
+        sums["reward/ppl_skipped"] = float(answers.skipped.sum())
     if trainer_logprobs is not None:
         gap = engine_trainer_gap(local, trainer_logprobs)
         sums["rollout/logprob_gap_max"] = gap.max().item() if gap.numel() else 0.0
@@ -141,13 +151,13 @@ def merge_metric_views(names, parts: list[MetricView]
     return metrics, task_weights
 
 
-def step_metrics(recipe: Recipe, local: RolloutBatch, sc: Scalarized,
-                 trainer_logprobs: torch.Tensor, groups: ParallelGroups
-                 ) -> tuple[dict[str, float], dict[str, list[float]]]:
+def step_metrics(recipe: Recipe, local: RolloutBatch, sc: Scalarized, fwd: Forwards,
+                 groups: ParallelGroups) -> tuple[dict[str, float], dict[str, list[float]]]:
     """`metric_view` of this rank, gathered over data-parallel ranks and merged."""
     names = recipe.rewards.components
     exact = recipe.rollout.temperature == 1.0 and recipe.rollout.top_p == 1.0
-    parts = [metric_view(names, local, sc, trainer_logprobs if exact else None)]
+    parts = [metric_view(names, local, sc, fwd.policy.logprobs if exact else None,
+                         fwd.answers)]
     if groups.dp_size > 1:
         local_view, parts = parts[0], [None] * groups.dp_size
         dist.all_gather_object(parts, local_view, group=groups.dp)

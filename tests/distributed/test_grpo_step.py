@@ -67,3 +67,19 @@ def test_grpo_step_matches_single_process(grpo_baseline, nproc, layouts, tmp_pat
         for key in ("advantages", "logprobs_after", "h"):
             got = torch.cat([s[key] for s in shares])
             assert torch.allclose(got, ref[key], atol=ATOL, rtol=ATOL), (spec, key)
+
+
+def test_batch_normalization_and_minibatches_do_not_depend_on_dp(tmp_path):
+    """`rewards.normalization: batch` z-scores with the GLOBAL moments (the landed code
+    used each DP rank's own rows), and a PPO mini-batch holds the same groups at DP=2
+    as at DP=1."""
+    out = tmp_path / "stats.pt"
+    run_torchrun(HERE / "batch_stats_worker.py", 2, [str(out)])
+    got = torch.load(out)
+    split = torch.cat([p["global"] for p in got["parts"]])
+    assert torch.allclose(split, got["whole"], atol=1e-6)
+    local_only = torch.cat([p["local_only"] for p in got["parts"]])
+    assert not torch.allclose(local_only, got["whole"], atol=1e-3)  # the landed behaviour
+    for m, whole in enumerate(got["whole_minibatches"]):
+        union = sorted({p for part in got["parts"] for p in part["minibatches"][m]})
+        assert union == sorted(set(whole)), m  # mini-batch m: prompts p with p % 2 == m

@@ -22,8 +22,12 @@ SHORT = ["warmup.num_steps=30", "run.progress=false"]
 
 
 def maestro(*args: str, nproc: int = 0, timeout: int = 900) -> str:
-    """Run the `maestro` CLI in a fresh process (under torchrun when nproc > 0)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    """Run the `maestro` CLI in a fresh process (under torchrun when nproc > 0), with the
+    console a user gets by default (no verbose switches, Python warnings on)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for name in ("PYTHONWARNINGS", "MAESTRO_VERBOSE", "VLLM_LOGGING_LEVEL",
+                 "VLLM_LOGGING_CONFIG_PATH"):
+        env.pop(name, None)
     cli = [sys.executable, "-m", "maestro_megatron.cli"]
     if nproc:
         # -m, not the file: run as a script, cli.py's folder would shadow `megatron`
@@ -73,25 +77,81 @@ def test_outputs_exist(tiny_run):
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
 
 
-def test_exported_policy_loads_in_transformers(tiny_run):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_console_shows_progress_and_summary_not_library_noise(tiny_run):
+    """The default console: the start, warm-up and summary lines; known-harmless library
+    warnings (maestro_megatron/logs.py, rollout/vllm_logging.py) are silenced."""
+    run_dir, log = tiny_run
+    for noise in ("Failed to load weights", "UserWarning", "FutureWarning", "Triton",
+                  "LD_PRELOAD", "force killing", "NUMA", "Overwriting old incomplete",
+                  "Loading weights", "Loading safetensors", "Writing model shards"):
+        assert noise not in log, noise
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert len(lines) < 40, log
+    assert f"done: 4 steps logged; run directory {run_dir}" in lines
+    assert f"  Conductor    {run_dir / 'conductor.pt'}" in lines
+    assert any(line.split()[:1] == ["reward/scalar"] and "->" in line for line in lines)
+
+
+def test_exported_policy_equals_the_trainers_weights(tiny_run, tmp_path):
+    """hf_final in transformers gives the trainer's own log-probs (megatron-core, loaded
+    from the last torch_dist checkpoint) on the same tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
     run_dir, _ = tiny_run
-    model = AutoModelForCausalLM.from_pretrained(run_dir / "hf_final")
-    tok = AutoTokenizer.from_pretrained(run_dir / "hf_final")
-    ids = tok("What is 2 + 3?\n", return_tensors="pt")["input_ids"]
-    assert model(ids).logits.shape[-1] >= len(tok)
+    out = tmp_path / "trainer.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "export_worker.py"),
+                           str(run_dir), str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    trainer = torch.load(out)
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "hf_final").float().eval()
+    tokens, mask = trainer["tokens"], trainer["mask"].bool()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(tokens).logits.float(), dim=-1)
+    hf = torch.zeros_like(trainer["logprobs"])
+    hf[:, 1:] = logp[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    assert mask.sum() > 20
+    gap = (hf[mask] - trainer["logprobs"][mask]).abs().max().item()
+    assert gap <= 1e-5, gap
 
 
-def test_explain(tiny_run):
+def test_explain_weights_match_the_saved_conductor(tiny_run):
+    """`maestro explain` prints w(h) = softmax((W h + b) / tau) @ templates, with W, b,
+    tau and the templates read from conductor.pt and h (final-norm output at the last
+    response token) computed here by transformers from hf_final."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from maestro_megatron.data.prompts import load_builtin_rows
+
     run_dir, _ = tiny_run
     out = maestro("explain", str(run_dir))
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in
             (["arith"], ["story"], ["explain"])]
     assert len(rows) == 9
-    for row in rows:
-        weights = [float(x) for x in row[-5:]]
-        assert abs(sum(weights) - 1.0) < 2e-3 and min(weights) > 0
+    blob = torch.load(run_dir / "conductor.pt")
+    weight, bias = blob["state_dict"]["linear.weight"], blob["state_dict"]["linear.bias"]
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "hf_final").float().eval()
+    tok = AutoTokenizer.from_pretrained(run_dir / "hf_final")
+    pairs, seen = [], {}
+    for row in load_builtin_rows():  # what explain shows: 3 built-in examples per task
+        if seen.setdefault(row["task"], 0) < 3:
+            seen[row["task"]] += 1
+            pairs.append(row)
+    assert not torch.allclose(weight, torch.zeros_like(weight))  # the Conductor learned
+    for pair, printed in zip(pairs, rows):
+        messages = [{"role": "user", "content": pair["prompt"]}]  # the recipe's chat path
+        prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = (tok(prompt, add_special_tokens=False)["input_ids"]
+               + tok(pair["response"], add_special_tokens=False)["input_ids"]
+               + [tok.eos_token_id])  # as in training: h at the EOS that ends a response
+        with torch.no_grad():
+            h = model.model(torch.tensor([ids])).last_hidden_state[0, -1]
+        probs = torch.softmax((weight @ h + bias) / blob["tau"], dim=-1)
+        expected = (probs @ blob["templates"]).tolist()
+        assert [float(x) for x in printed[-5:]] == pytest.approx(expected, abs=6e-4)
 
 
 def test_resume_continues_from_latest(tiny_run):
@@ -119,6 +179,62 @@ def test_first_step_matches_tp1(tiny_run, layout, tmp_path):
     want, got = metrics(run_dir)[0], metrics(other)[0]
     for key in FIRST_STEP_KEYS:
         assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-4), key
+
+
+REGISTERED_BASELINE = """
+import sys
+
+import torch
+
+from maestro_megatron.cli import main
+from maestro_megatron.scalarizers import Scalarization, Scalarizer, register_scalarizer
+
+
+@register_scalarizer("first_only")
+class FirstOnly(Scalarizer):
+    \"\"\"All weight on the first reward component; counts the advantages it saw.\"\"\"
+
+    @classmethod
+    def from_recipe(cls, recipe, *, d_model, device="cpu"):
+        return cls(len(recipe.rewards.components))
+
+    def __call__(self, ctx):
+        weights = torch.zeros(ctx.rewards.shape[0], self.num_components)
+        weights[:, 0] = 1.0
+        return Scalarization(weights)
+
+    def observe(self, ctx, used, advantages):
+        self.seen = getattr(self, "seen", 0) + advantages.numel()
+
+    def state_dict(self):
+        return {"seen": getattr(self, "seen", 0)}
+
+
+if __name__ == "__main__":  # vLLM's engine process re-imports this file (spawn)
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_baseline_added_through_the_registry_alone_trains(tmp_path):
+    """A new scalarizer = one class + one registry line, no trainer edit."""
+    import torch
+
+    script = tmp_path / "first_only.py"
+    script.write_text(REGISTERED_BASELINE)
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(script), "train", str(RECIPE),
+                           "scalarizer.name=first_only", "warmup.num_steps=5",
+                           "run.progress=false", "run.num_steps=1",
+                           f"run.output_dir={run_dir}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    row = metrics(run_dir)[0]
+    assert row["conductor/weight/arith/ppl"] == 1.0 and row["conductor/weight/story/len"] == 0
+    assert row["reward/scalar"] == pytest.approx(row["reward/ppl"])  # w . r = r_ppl
+    state = torch.load(run_dir / "checkpoints" / "step_00000001" / "scalarizer" /
+                       "dp_00000.pt")
+    assert state == {"name": "first_only", "state": {"seen": 32}}  # N * G advantages seen
 
 
 @pytest.mark.parametrize("name", ["equal", "random", "nover", "em_grpo"])

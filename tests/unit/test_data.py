@@ -275,3 +275,42 @@ def test_stream_rejects_state_of_other_data():
     changed = [PromptRecord("x", None, "t")] + _records(10)[1:]
     with pytest.raises(DataError, match="different data"):
         PromptStream(changed, 2, seed=0).load_state_dict(state)
+
+
+def test_benchmark_splits_keep_test_rows_out_of_training(tmp_path):
+    """The paper's benchmark files mix train / validation / test rows (columns prompt,
+    reference, split): training reads `train` only; the landed loader kept every row."""
+    from maestro_megatron.config.schema import DataConfig
+    from maestro_megatron.data import describe_splits, load_data_config
+
+    path = tmp_path / "bench.csv"
+    rows = ["prompt,reference,split"]
+    rows += [f"train question {i},a{i},train" for i in range(6)]
+    rows += [f"held-out question {i},b{i},validation" for i in range(2)]
+    rows += [f"test question {i},c{i},test" for i in range(3)]
+    path.write_text("\n".join(rows) + "\n")
+    data = DataConfig(path=str(path))
+    train = load_data_config(data)
+    assert [r.prompt for r in train] == [f"train question {i}" for i in range(6)]
+    stream = PromptStream(train, 4, seed=0)
+    seen = {r.prompt for _ in range(10) for r in stream.next_batch()}
+    assert seen == {r.prompt for r in train}  # 40 draws: every train row, nothing else
+    assert [r.reference for r in load_data_config(data, split="test")] == ["c0", "c1", "c2"]
+    assert describe_splits(data) == (f"data: {path}: train 6, validation 2, test 3; "
+                                      "using split 'train' (6 rows)")
+    assert len(load_data_config(data, split=None)) == 11
+    with pytest.raises(DataError, match=r"no rows of split 'dev' .*'train': 6"):
+        load_data_config(data, split="dev")
+
+
+def test_a_file_without_a_split_column_is_used_whole(tmp_path):
+    from maestro_megatron.config.schema import DataConfig
+    from maestro_megatron.data import describe_splits, load_data_config
+
+    path = tmp_path / "plain.jsonl"
+    path.write_text('{"prompt": "p1", "reference": "  "}\n{"prompt": "p2", "reference": ""}\n')
+    data = DataConfig(path=str(path))
+    records = load_data_config(data)
+    assert [r.prompt for r in records] == ["p1", "p2"]
+    assert [r.reference for r in records] == [None, None]  # whitespace is no reference
+    assert describe_splits(data) == f"data: {path}: 2 rows, all used (no split column)"

@@ -29,7 +29,8 @@ def test_no_forbidden_import_statements():
 
 def test_importing_pure_packages_loads_no_megatron_or_vllm():
     code = ("import sys; import maestro_megatron.algorithms, maestro_megatron.conductor, "
-            "maestro_megatron.rewards, maestro_megatron.scalarizers, maestro_megatron.data.packing; "
+            "maestro_megatron.rewards, maestro_megatron.scalarizers, "
+            "maestro_megatron.data.packing; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('megatron', 'vllm')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

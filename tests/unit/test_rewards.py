@@ -14,6 +14,7 @@ from maestro_megatron.rewards import (
     compute_rewards,
     ent_reward,
     fmt_reward,
+    has_reference,
     len_reward,
     normalize_components,
     ppl_reward,
@@ -129,6 +130,18 @@ def test_normalize_golden():
     assert torch.equal(normalize_components(two, "none"), two)
     with pytest.raises(ValueError, match="normalization"):
         normalize_components(two, "zscore")
+
+
+def test_ppl_never_scores_an_unscored_reference_as_one():
+    """Landed code: an empty reference mask gave exp(mean over nothing = 0) = 1, the
+    best possible r_ppl, to a response whose reference was cut off."""
+    lp = torch.tensor([[-1.0, -1.0], [0.0, 0.0], [-0.5, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    got = ppl_reward(lp, mask, has_reference=torch.tensor([True, True, True]),
+                     skipped=torch.tensor([False, True, False]))
+    assert got.tolist() == pytest.approx([math.exp(-1.0), 0.0, math.exp(-0.5)])
+    assert ppl_reward(lp[1:2], mask[1:2]).item() == 0.0  # empty mask, not skipped: 0 too
+    assert [has_reference(r) for r in (None, "", "  \n", "x")] == [False, False, False, True]
 
 
 def test_scalar_reward_golden():

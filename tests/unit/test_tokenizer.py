@@ -104,3 +104,44 @@ def test_errors(tmp_path):
         train_tokenizer(["", ""], tmp_path / "none")
     with pytest.raises(RuntimeError, match="Vocabulary size too high"):
         train_tokenizer(["a tiny corpus"], tmp_path / "big", vocab_size=50_000)
+
+
+def test_chat_prompts_follow_the_chatml_template(tok):
+    """prompt_format=chat: the ids are the rendered template encoded once (no BOS added
+    twice), the turn markers are single tokens, and system prompt and template variables
+    come from the recipe. (The landed code took list() of apply_chat_template's
+    BatchEncoding in transformers 5: ['input_ids', 'attention_mask'].)"""
+    from maestro_megatron.config.schema import DataConfig
+    from maestro_megatron.trainer.rollouts import encode_prompt
+
+    data = DataConfig(prompt_format="chat", system_prompt="Answer briefly.")
+    ids = encode_prompt(tok, "What is 2 + 3?", data)
+    messages = [{"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": "What is 2 + 3?"}]
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == ("<|im_start|>system\nAnswer briefly.<|im_end|>\n"
+                    "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n")
+    assert ids == tok(text, add_special_tokens=False)["input_ids"]
+    assert all(isinstance(i, int) for i in ids) and ids[0] != tok.bos_token_id
+    start, end = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert ids.count(start) == 3 and ids.count(end) == 2  # whole tokens, never split
+    assert tok.decode(ids) == text
+    plain = encode_prompt(tok, "What is 2 + 3?", DataConfig(prompt_format="plain"))
+    assert plain[0] == tok.bos_token_id and start not in plain
+
+
+def test_chat_template_kwargs_reach_the_template(tok):
+    from maestro_megatron.config.schema import DataConfig
+    from maestro_megatron.trainer.rollouts import encode_prompt
+
+    saved = tok.chat_template
+    tok.chat_template = saved + "{% if enable_thinking is defined and not enable_thinking %}" \
+                                "<think></think>{% endif %}"
+    try:
+        on = encode_prompt(tok, "Hi", DataConfig(prompt_format="chat"))
+        off = encode_prompt(tok, "Hi", DataConfig(prompt_format="chat",
+                                                  chat_template_kwargs={"enable_thinking": False}))
+    finally:
+        tok.chat_template = saved
+    think, end_think = tok.convert_tokens_to_ids(["<think>", "</think>"])
+    assert off == on + [think, end_think]

@@ -79,9 +79,10 @@ def test_response_sequences_and_a_response_cut_by_the_context():
 
 
 def test_answer_sequences_mask_the_reference_tokens():
-    seqs, has_ref = answer_sequences(make_batch(), CharTokenizer(), 0, 64,
-                                     r"<answer>(.*?)</answer>")
+    view = answer_sequences(make_batch(), CharTokenizer(), 0, 64, r"<answer>(.*?)</answer>")
+    seqs, has_ref = view.sequences, view.has_reference
     assert has_ref.tolist() == [True, True, False, False]
+    assert view.trimmed.tolist() == [False] * 4 and view.skipped.tolist() == [False] * 4
     head = len("<think>x</think><answer>")  # 24 characters: reasoning + "<answer>"
     row = seqs.tokens[0].tolist()
     assert row[:2] == [1, 2] and row[2:2 + head] == [ord(c) for c in "<think>x</think><answer>"]
@@ -90,12 +91,31 @@ def test_answer_sequences_mask_the_reference_tokens():
     assert seqs.response_mask[2].sum() == 0  # no reference: nothing scored
 
 
+def test_a_long_reasoning_is_trimmed_so_the_whole_reference_fits():
+    """Prompt 2 + reasoning 25 + "<answer>" 8 + "ab" 2 + "</answer>" 9 = 46 characters.
+    At seq_length 40 the reasoning loses its first 6 characters; at 20 even no
+    reasoning leaves room (2 + 8 + 2 + 9 = 21): skipped, r_ppl's mask is empty. The
+    landed code cut the reference instead, and an empty mask scored exp(0) = 1."""
+    batch = make_batch()
+    batch.response_texts[0] = "<think>0123456789</think><answer>y</answer>"
+    view = answer_sequences(batch, CharTokenizer(), 0, 40, r"<answer>(.*?)</answer>")
+    row, mask = view.sequences.tokens[0].tolist(), view.sequences.response_mask[0]
+    kept = "<think>0123456789</think>"[6:] + "<answer>"
+    assert row[2:2 + len(kept)] == [ord(c) for c in kept]
+    assert mask.nonzero().flatten().tolist() == [2 + len(kept), 3 + len(kept)]
+    assert row[2 + len(kept):4 + len(kept)] == [ord("a"), ord("b")]
+    assert view.trimmed.tolist() == [True, False, False, False]
+    tight = answer_sequences(batch, CharTokenizer(), 0, 20, r"<answer>(.*?)</answer>")
+    assert tight.skipped.tolist()[:2] == [True, True]
+    assert tight.sequences.response_mask[:2].sum() == 0
+
+
 def _forwards(batch: RolloutBatch, vocab: int) -> Forwards:
     seqs = response_sequences(batch, pad_id=0, seq_length=8)
     mask = seqs.response_mask
     entropy = mask * (math.log(vocab) / 2)  # half the maximum entropy on every token
     out = ForwardOutput(logprobs=-mask, entropy=entropy, h=torch.zeros(4, 3))
-    return Forwards(seqs, out, out, None, mask)
+    return Forwards(seqs, out, out, None, None)
 
 
 def test_reward_step_golden():
