@@ -18,9 +18,10 @@ import yaml
 
 from maestro_megatron.config.schema import Recipe
 from maestro_megatron.config.validate import validate_recipe
+from maestro_megatron.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A recipe problem; `key` is the dotted path of the offending entry."""
 
     def __init__(self, key: str, message: str, source: str | None = None):

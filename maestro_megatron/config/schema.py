@@ -340,6 +340,12 @@ class RunConfig:
     """Run directory."""
     save_every: int = 0
     """Checkpoint every this many steps (0: only at the end)."""
+    overwrite: bool = False
+    """Start afresh in a run directory that holds an earlier run's metrics but no
+    checkpoint to resume (default: refuse, so two runs never mix in one metrics.jsonl)."""
+    resume_fallback: bool = False
+    """When the newest checkpoint fails verification, resume from the previous complete
+    one instead of refusing."""
     verbose: bool = False
     """Show all library output (also MAESTRO_VERBOSE=1): vLLM's INFO logs, the known-harmless
     warnings and progress bars the default console hides (maestro_megatron/logs.py)."""

@@ -44,10 +44,12 @@ from typing import Any
 
 import numpy as np
 
+from maestro_megatron.errors import UserError
+
 BUILTIN_PROMPTS = Path(__file__).resolve().parent / "builtin" / "prompts.jsonl"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A prompt file problem; the message names the file and the line."""
 
 

@@ -91,7 +91,7 @@ def build_engine(recipe: Recipe, models: Models):
 
 def setup_run(recipe: Recipe) -> RunState:
     """Collective over all ranks: build or resume everything `train` needs."""
-    from maestro_megatron.data.prompts import PromptStream, load_data_config
+    from maestro_megatron.data.prompts import PromptStream, describe_splits, load_data_config
     from maestro_megatron.rollout import refit_policy
     from maestro_megatron.trainer.checkpoint import latest_checkpoint, load_checkpoint
     from maestro_megatron.trainer.outputs import RunWriter
@@ -110,6 +110,8 @@ def setup_run(recipe: Recipe) -> RunState:
                        check_replicas=lambda m: check_replicas(m, groups.tp),
                        sum_over_dp=lambda t: sum_over_group(t, groups.dp))
     records = load_data_config(recipe.data)
+    if groups.rank == 0:
+        print(describe_splits(recipe.data), flush=True)
     task_index = {t: i for i, t in enumerate(sorted({r.task for r in records}))}
     stream = PromptStream(records, g.num_prompts_per_step, seed=run.seed)
     start_step = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from maestro_megatron.errors import UserError
 
-class ConversionError(Exception):
+
+class ConversionError(UserError):
     """A checkpoint, config or layout that cannot be converted; the message says why."""

@@ -68,6 +68,10 @@ def test_outputs_exist(tiny_run):
         # before (tied embeddings included) reached vLLM. Observed ~3e-6.
         assert row["rollout/logprob_gap_max"] < 1e-3, row["step"]
     assert any("conductor/loss" in r for r in rows)  # update_every=2: the outer loop ran
+    # 4 PPO mini-batches per rollout batch: after the first optimizer step the ratios
+    # move, so the clip acts (with one optimizer step per batch it never could).
+    assert any(r["train/clip_frac"] > 0 for r in rows)
+    assert "data: built-in prompts: 196 rows, all used (no split column)" in log
     tasks = json.loads((run_dir / "conductor_weights.jsonl").read_text().splitlines()[-1])
     assert sorted(tasks["weights"]) == ["arith", "explain", "story"]
     for path in ("recipe.yaml", "conductor.pt", "hf_final/config.json",
@@ -225,6 +229,7 @@ def test_a_baseline_added_through_the_registry_alone_trains(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(script), "train", str(RECIPE),
                            "scalarizer.name=first_only", "warmup.num_steps=5",
+                           "grpo.num_minibatches=1", "grpo.micro_batch_size=8",
                            "run.progress=false", "run.num_steps=1",
                            f"run.output_dir={run_dir}"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -232,12 +237,13 @@ def test_a_baseline_added_through_the_registry_alone_trains(tmp_path):
     row = metrics(run_dir)[0]
     assert row["conductor/weight/arith/ppl"] == 1.0 and row["conductor/weight/story/len"] == 0
     assert row["reward/scalar"] == pytest.approx(row["reward/ppl"])  # w . r = r_ppl
+    assert row["train/clip_frac"] == 0.0  # one optimizer step on its own rollouts: ratio 1
     state = torch.load(run_dir / "checkpoints" / "step_00000001" / "scalarizer" /
                        "dp_00000.pt")
     assert state == {"name": "first_only", "state": {"seen": 32}}  # N * G advantages seen
 
 
-@pytest.mark.parametrize("name", ["equal", "random", "nover", "em_grpo"])
+@pytest.mark.parametrize("name", ["equal", "random", "nover", "em_grpo", "gdpo"])
 def test_ablation_recipes_run(name, tmp_path):
     run_dir = tmp_path / name
     maestro("train", str(ROOT / "recipes" / f"tiny_cpu_{name}.yaml"), "warmup.num_steps=5",
