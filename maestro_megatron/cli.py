@@ -8,6 +8,7 @@ import sys
 
 import yaml
 
+from maestro_megatron.errors import UserError
 from maestro_megatron.logs import configure_quiet, quiet_spawned_process
 
 # vLLM's CPU engine processes are spawned, and each imports this module (the parent's
@@ -18,36 +19,36 @@ quiet_spawned_process()
 def _cmd_bandit(args) -> int:
     from maestro_megatron.demos.bandit import BanditSetup, format_report, run_bandit
 
+    if args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
+
     result = run_bandit(BanditSetup(seed=args.seed, num_steps=args.steps))
     print(format_report(result))
     return 0
 
 
 def _load_recipe(args):
-    """The recipe of `args.recipe` + `args.overrides`, or None after printing the error."""
-    from maestro_megatron.config import ConfigError, load_recipe
+    """The recipe of `args.recipe` + `args.overrides` (ConfigError: a UserError)."""
+    from maestro_megatron.config import load_recipe
 
-    try:
-        return load_recipe(args.recipe, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
+    if not os.path.isfile(args.recipe):
+        raise UserError(f"recipe file {args.recipe} not found")
+    return load_recipe(args.recipe, args.overrides)
 
 
 def _cmd_check_recipe(args) -> int:
     from maestro_megatron.config import recipe_to_dict
 
     recipe = _load_recipe(args)
-    if recipe is None:
-        return 2
     print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
     return 0
 
 
 def _cmd_train(args) -> int:
     recipe = _load_recipe(args)
-    if recipe is None:
-        return 2
+    from maestro_megatron.trainer.preflight import check_run_inputs
+
+    check_run_inputs(recipe)  # paths, data, models: before any expensive work
     quiet = configure_quiet(recipe.run.verbose)  # before megatron and vLLM are imported
     if os.environ.get("RANK", "0") == "0":
         print(f"maestro train: {args.recipe}, {recipe.run.num_steps} steps -> "
@@ -80,6 +81,8 @@ def _cmd_explain(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maestro", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a user error (also MAESTRO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="run a MAESTRO recipe (under torchrun/srun for TP/PP/DP)")
     p.add_argument("recipe", help="recipe YAML, e.g. recipes/tiny_cpu.yaml")
@@ -105,8 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand. A user error (recipe, data, paths, models, checkpoints,
+    arguments) prints one line `error: ...` and returns 2; `--debug` (or
+    MAESTRO_DEBUG=1) lets its traceback through. Anything else is a bug and raises."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        if args.debug or os.environ.get("MAESTRO_DEBUG") == "1":
+            raise
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr, flush=True)  # one line
+        return 2
 
 
 if __name__ == "__main__":

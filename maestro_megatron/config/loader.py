@@ -25,7 +25,7 @@ class ConfigError(UserError, ValueError):
     """A recipe problem; `key` is the dotted path of the offending entry."""
 
     def __init__(self, key: str, message: str, source: str | None = None):
-        self.key = key
+        self.key, self.message, self.source = key, message, source
         where = f" (in {source})" if source else ""
         super().__init__(f"{key}: {message}{where}")
 
@@ -76,7 +76,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
-            raise ConfigError(key, f"cannot parse value {raw!r}: {exc}", "command line") from exc
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(key, f"cannot parse value {raw!r}: {problem}",
+                              "command line") from exc
         node = data
         for part in parts[:-1]:
             child = node.get(part)
@@ -171,11 +173,21 @@ def recipe_from_dict(data: dict[str, Any], source: str | None = None) -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load a YAML recipe (with `defaults:` inheritance) and `a.b=c` overrides."""
-    data = _read_yaml(Path(path))
-    data = apply_overrides(data, list(overrides or []))
-    return recipe_from_dict(data, str(path))
+    """Load a YAML recipe (with `defaults:` inheritance) and `a.b=c` overrides.
 
+    An error in a key set on the command line names the override, not the file.
+    """
+    data = _read_yaml(Path(path))
+    data = apply_overrides(data, overrides or [])
+    try:
+        return recipe_from_dict(data, str(path))
+    except ConfigError as exc:
+        for item in overrides or []:
+            key = item.split("=", 1)[0].strip()
+            if exc.key == key or exc.key.startswith(key + ".") or key.startswith(exc.key + "."):
+                raise ConfigError(exc.key, exc.message,
+                                  f"command-line override {item!r}") from None
+        raise
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """Plain nested dict (tuples as lists) for writing the resolved recipe."""

@@ -214,6 +214,10 @@ class RewardsConfig:
     """Active components in order (names from the reward registry)."""
     normalization: str = "group"
     """Per-component normalisation before weighting: group | batch | none."""
+    on_nonfinite: str = "error"
+    """A component that returns NaN/inf for a response (or a scorer that raises):
+    error (stop, naming the component and the sample) | skip (that response gets
+    advantage 0, counted as reward/nonfinite_skipped)."""
     ppl: PplConfig = field(default_factory=PplConfig)
     fmt: FmtConfig = field(default_factory=FmtConfig)
     ent: EntConfig = field(default_factory=EntConfig)

@@ -115,6 +115,15 @@ def validate_recipe(recipe: Recipe) -> None:
     _one_of(r.normalization, {"group", "batch", "none"}, "rewards.normalization")
     _one_of(r.ent.mode, {"maximize", "minimize", "target"}, "rewards.ent.mode")
     _one_of(r.ppl.proxy, {"reference", "policy"}, "rewards.ppl.proxy")
+    from maestro_megatron.rewards import NEEDS_SCORER, reward_needs
+
+    if NEEDS_SCORER in reward_needs(r.components):
+        from maestro_megatron.scorers import SCORERS
+
+        _one_of(r.pref.scorer, set(SCORERS), "rewards.pref.scorer")
+    from maestro_megatron.rollout.registry import ENGINES
+
+    _one_of(recipe.rollout.engine, set(ENGINES), "rollout.engine")
     from maestro_megatron.algorithms import ADVANTAGE_ESTIMATORS
 
     _one_of(g.advantage_estimator, set(ADVANTAGE_ESTIMATORS), "grpo.advantage_estimator")
@@ -141,8 +150,12 @@ def validate_recipe(recipe: Recipe) -> None:
     _check(ro.temperature > 0.0, "rollout.temperature", f"must be > 0, got {ro.temperature}")
     _check(0.0 < ro.top_p <= 1.0, "rollout.top_p", f"must be in (0, 1], got {ro.top_p}")
     _check(ro.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
+    _check(ro.max_new_tokens < m.seq_length, "rollout.max_new_tokens",
+           f"{ro.max_new_tokens} leaves no room for a prompt in model.seq_length="
+           f"{m.seq_length}")
     _check(ro.refit_bucket_mb >= 1, "rollout.refit_bucket_mb", "must be >= 1")
     _one_of(recipe.data.prompt_format, {"plain", "chat"}, "data.prompt_format")
     _check(recipe.warmup.num_steps >= 0, "warmup.num_steps", "must be >= 0")
-    _check(recipe.run.num_steps >= 0, "run.num_steps", "must be >= 0")
+    _check(recipe.run.num_steps >= 1, "run.num_steps", f"must be >= 1, got {recipe.run.num_steps}")
+    _one_of(r.on_nonfinite, {"error", "skip"}, "rewards.on_nonfinite")
     _check(recipe.run.keep_checkpoints >= 1, "run.keep_checkpoints", "must be >= 1")

@@ -38,7 +38,7 @@ import csv
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,8 @@ class PromptRecord:
     task: str
     split: str | None = None
     """The row's split (train / validation / test), None when the file has none."""
+    where: str = field(default="", compare=False)
+    """"<file>: line N" (or "item N"), for error messages."""
 
 
 # ---------------------------------------------------------------- benchmark adapters
@@ -275,7 +277,8 @@ def _record(row: Any, where: str, path: Path, keys: tuple[str, str, str, str]
     # A reference of only whitespace is no reference (it would score r_ppl on nothing).
     reference = reference if reference is not None and reference.strip() else None
     return PromptRecord(prompt=prompt, reference=reference, task=task or path.stem,
-                        split=split.strip() or None if split is not None else None)
+                        split=split.strip() or None if split is not None else None,
+                        where=f"{path}: {where}")
 
 
 def _reader(path: str | Path | None, what: str):

@@ -5,6 +5,7 @@ from maestro_megatron.rewards.components import (
     NEEDS_PROXY,
     NEEDS_SCORER,
     REWARDS,
+    RewardError,
     RewardSpec,
     compute_rewards,
     ent_reward,
@@ -21,6 +22,7 @@ from maestro_megatron.rewards.normalize import normalize_components
 from maestro_megatron.rewards.scalarize import scalar_reward
 
 __all__ = ["NEEDS_PROXY", "NEEDS_SCORER", "REWARDS", "PreferenceScorer", "RewardBatch",
+           "RewardError",
            "RewardSpec", "compute_rewards", "ent_reward", "fmt_reward", "has_reference",
            "len_reward", "normalize_components", "ppl_reward", "pref_reward", "register_reward",
            "reward_needs", "scalar_reward", "strip_answer"]

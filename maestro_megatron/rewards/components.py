@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from maestro_megatron.errors import UserError
 from maestro_megatron.rewards.batch import RewardBatch
 
 RewardFn = Callable[[RewardBatch, object], torch.Tensor]
@@ -196,11 +197,37 @@ def _seq_logprob(batch: RewardBatch, opts) -> torch.Tensor:
     return seq_logprob_reward(batch.policy_logprobs, batch.response_mask)
 
 
+class RewardError(UserError, ValueError):
+    """A reward component returned NaN/inf or raised (rewards.on_nonfinite: error)."""
+
+
 def compute_rewards(batch: RewardBatch, components: tuple[str, ...], options) -> torch.Tensor:
-    """Stack the named components: -> r [B, K]. options: RewardsConfig (per-name fields)."""
+    """Stack the named components: -> r [B, K]. options: RewardsConfig (per-name fields).
+
+    A component that raises or returns NaN/inf is a `RewardError` naming it and the
+    first bad response, unless options.on_nonfinite is "skip": then the bad entries
+    are NaN in the result (a raising component: its whole column) and the scalarize
+    step gives those responses advantage 0 and counts them.
+    """
+    skip = getattr(options, "on_nonfinite", "error") == "skip"
     columns = []
     for name in components:
         if name not in REWARDS:
             raise KeyError(f"reward {name!r} is not registered (known: {sorted(REWARDS)})")
-        columns.append(REWARDS[name].fn(batch, getattr(options, name, None)).float())
+        try:
+            column = REWARDS[name].fn(batch, getattr(options, name, None)).float()
+        except (ValueError, RuntimeError, OSError) as exc:
+            if not skip:
+                raise RewardError(f"reward {name!r} failed: {exc} (rewards.on_nonfinite: "
+                                  "skip would count and skip the batch)") from exc
+            column = torch.full((len(batch),), float("nan"))
+        bad = (~torch.isfinite(column)).nonzero().flatten()
+        if bad.numel() and not skip:
+            i = int(bad[0])
+            raise RewardError(
+                f"reward {name!r} is {column[i].item()} for response {i} of the batch "
+                f"(prompt {batch.prompts[i][:60]!r}, response {batch.responses[i][:60]!r}); "
+                f"{bad.numel()} non-finite in all (rewards.on_nonfinite: skip would give "
+                "them advantage 0)")
+        columns.append(column)
     return torch.stack(columns, dim=1)

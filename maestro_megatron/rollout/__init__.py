@@ -22,9 +22,8 @@ from maestro_megatron.rollout.refit import (
     serialize_bucket,
     verify_refit,
 )
+from maestro_megatron.rollout.registry import ENGINES
 from maestro_megatron.rollout.vllm_engine import VLLMEngine
-
-ENGINES: dict[str, type[RolloutEngine]] = {"vllm": VLLMEngine}
 
 
 def build_engine(name: str, model: str, **kwargs) -> RolloutEngine:

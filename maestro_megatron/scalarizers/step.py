@@ -38,6 +38,8 @@ class Scalarized:
     """[B, K] weights reported per task (the Conductor's deterministic w(h))."""
     metric_sums: dict[str, float]
     """The scalarizer's own per-response metrics, summed over the B rows."""
+    skipped: torch.Tensor | None = None
+    """[B] bool: a component was NaN/inf (rewards.on_nonfinite: skip): advantage 0."""
 
     @property
     def rewards(self) -> torch.Tensor:
@@ -70,6 +72,13 @@ def scalarize_step(scalarizer: Scalarizer, rewards: torch.Tensor, *, logprobs: t
     g, k = grpo.group_size, rewards.shape[1]
     if rewards.shape[0] % g:
         raise ValueError(f"{rewards.shape[0]} responses are not whole groups of {g}")
+    finite = torch.isfinite(rewards)
+    skipped = ~finite.all(dim=1)
+    if bool(skipped.any()):  # stand-in: the group's finite mean (a z-score of 0)
+        grouped, ok = rewards.view(-1, g, k), finite.view(-1, g, k)
+        means = torch.where(ok, grouped, 0.0).sum(1, keepdim=True) / ok.sum(1, keepdim=True)
+        filled = torch.where(ok, grouped, torch.nan_to_num(means, nan=0.0).expand_as(grouped))
+        rewards = filled.view(-1, k)
     normalised = normalize_components(rewards.view(-1, g, k), normalization,
                                       reduce_sum).view(-1, k)
     ctx = ScalarizerContext(step=step, rewards=rewards, normalized=normalised,
@@ -83,8 +92,9 @@ def scalarize_step(scalarizer: Scalarizer, rewards: torch.Tensor, *, logprobs: t
     estimator = ADVANTAGE_ESTIMATORS[grpo.advantage_estimator]
     advantages = estimator(scores.view(-1, g), eps=grpo.adv_eps, normalize_std=grpo.normalize_std,
                            reduce_sum=reduce_sum).flatten()
+    advantages = torch.where(skipped, torch.zeros_like(advantages), advantages)
     weighted_raw = (used.weights.to(rewards.dtype) * rewards).sum(dim=-1)
     return Scalarized(context=ctx, used=used, kl_seq=kl_seq, scores=scores,
                       weighted_raw=weighted_raw, advantages=advantages,
                       report_weights=scalarizer.report_weights(ctx, used),
-                      metric_sums=scalarizer.metric_sums(ctx))
+                      metric_sums=scalarizer.metric_sums(ctx), skipped=skipped)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from maestro_megatron.conductor import load_conductor
+from maestro_megatron.errors import UserError
 
 
 def explain(run_dir: Path, pairs: list[dict]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -30,7 +31,8 @@ def explain(run_dir: Path, pairs: list[dict]) -> tuple[list[str], torch.Tensor, 
     run_dir = Path(run_dir)
     for needed in ("recipe.yaml", "hf_final", "conductor.pt"):
         if not (run_dir / needed).exists():
-            raise FileNotFoundError(f"{run_dir / needed} not found: is {run_dir} a finished run?")
+            raise UserError(f"{run_dir / needed} not found: is {run_dir} a finished run "
+                            "(with the conductor scalarizer)?")
     recipe = load_recipe(run_dir / "recipe.yaml")
     hf_dir = run_dir / "hf_final"
     cfg, _ = hf_model_config(hf_dir, base=recipe.model)

@@ -101,6 +101,8 @@ def metric_view(names, local: RolloutBatch, sc: Scalarized,
                  "reward/advantage_abs": sc.advantages.abs().sum().item(),
                  "kl/seq": sc.kl_seq.sum().item(), "response/length": lengths.sum().item(),
                  "response/truncated": float(sum(local.truncated))})
+    if sc.skipped is not None:
+        sums["reward/nonfinite_skipped"] = float(sc.skipped.sum())
     if answers is not None:
         sums["reward/ppl_reference_trimmed"] = float(answers.trimmed.sum())
         sums["reward/ppl_skipped"] = float(answers.skipped.sum())
