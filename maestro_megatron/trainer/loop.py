@@ -23,6 +23,7 @@ from maestro_megatron.trainer.checkpoint import save_step
 from maestro_megatron.trainer.finish import finish_run
 from maestro_megatron.trainer.rollouts import broadcast_rollouts, collect_rollouts
 from maestro_megatron.trainer.setup import RunState, setup_run
+from maestro_megatron.trainer.signals import child_pids, exit_on_signals, stop_children
 from maestro_megatron.trainer.steps import (
     forward_step,
     reward_step,
@@ -45,15 +46,20 @@ class Timer:
 
 
 def train(recipe: Recipe) -> Path:
-    """Run the recipe; returns the run directory."""
-    state = setup_run(recipe)
-    try:
-        for step in range(state.start_step + 1, recipe.run.num_steps + 1):
-            run_step(state, step)
-    finally:
-        state.writer.close()
-        if state.engine is not None:
-            state.engine.close()
+    """Run the recipe; returns the run directory. SIGTERM, SIGINT and errors stop the
+    rollout engine and every process it started (trainer/signals.py)."""
+    state, before = None, child_pids()
+    with exit_on_signals():
+        try:
+            state = setup_run(recipe)
+            for step in range(state.start_step + 1, recipe.run.num_steps + 1):
+                run_step(state, step)
+        finally:
+            if state is not None:
+                state.writer.close()
+                if state.engine is not None:
+                    state.engine.close()
+            stop_children(keep=before)  # what the engine left (or a failed setup started)
     return finish_run(state)
 
 

@@ -1,0 +1,57 @@
+"""Clean shutdown: SIGTERM (a scheduler's stop, `kill`) ends the run like Ctrl-C does,
+through every `finally`, so the rollout engine and the processes it started are
+stopped on every rank instead of outliving the trainer (on a GPU node they would hold
+the GPUs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def exit_on_signals(signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None]:
+    """Within the block, each of `signals` raises SystemExit(128 + signum) in the main
+    thread (Python's default for SIGTERM is to die without running `finally`)."""
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def child_pids() -> set[int]:
+    """The pids of this process's descendants now."""
+    import psutil
+
+    return {c.pid for c in psutil.Process(os.getpid()).children(recursive=True)}
+
+
+def stop_children(grace_s: float = 10.0, keep: set[int] = frozenset()) -> list[int]:
+    """Terminate every descendant of this process except `keep` (those that existed
+    before the run), then kill what is still alive after `grace_s`. Returns the pids
+    that had to be killed."""
+    import psutil
+
+    children = [c for c in psutil.Process(os.getpid()).children(recursive=True)
+                if c.pid not in keep]
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+    return [c.pid for c in alive]
