@@ -13,6 +13,7 @@ from maestro_megatron.conductor import Conductor, emphasis_templates
 from maestro_megatron.config.schema import GRPOConfig, LenConfig, Recipe, RewardsConfig
 from maestro_megatron.data.packing import pack_sequences
 from maestro_megatron.megatron.forward import ForwardOutput
+from maestro_megatron.rewards import RewardBatch
 from maestro_megatron.scalarizers import (
     ConductorScalarizer,
     EqualScalarizer,
@@ -234,3 +235,38 @@ def test_engine_trainer_gap():
     # row 0: 0, 0.05; row 1: |0 - (-1)| = 1; row 2: 0, 0, 0; row 3: 2
     assert gaps.tolist() == pytest.approx([0.0, 0.05, 1.0, 0.0, 0.0, 0.0, 2.0], abs=1e-6)
     assert seqs.tokens.shape == (4, 4)
+
+
+def test_a_nonfinite_reward_is_an_error_naming_component_and_sample():
+    from maestro_megatron.rewards import RewardError, compute_rewards, register_reward
+    from maestro_megatron.rewards.components import REWARDS
+
+    @register_reward("_nan_on_second")
+    def _nan(batch, opts):
+        return torch.tensor([0.5, float("nan"), 0.25, 0.0])
+
+    class Boom:
+        def score(self, prompts, responses, references):
+            raise RuntimeError("reward model out of memory")
+
+    try:
+        batch = RewardBatch(prompts=["p0", "p0", "p1", "p1"], responses=["a", "b", "c", "d"],
+                            references=[None] * 4, response_lengths=torch.ones(4),
+                            pref_scorer=Boom())
+        with pytest.raises(RewardError, match=r"'_nan_on_second' is nan for response 1 .*'b'"):
+            compute_rewards(batch, ("_nan_on_second",), RewardsConfig())
+        with pytest.raises(RewardError, match="'pref' failed: reward model out of memory"):
+            compute_rewards(batch, ("pref",), RewardsConfig())
+        skip = RewardsConfig(on_nonfinite="skip")
+        r = compute_rewards(batch, ("_nan_on_second", "pref"), skip)
+        assert torch.isnan(r[1, 0]) and torch.isnan(r[:, 1]).all()  # pref: whole column
+        r = compute_rewards(batch, ("_nan_on_second",), skip)
+    finally:
+        REWARDS.pop("_nan_on_second")
+    # skip: response 1 gets advantage 0 and is counted; its group peer is scored alone
+    sc = _chain(EqualScalarizer(1), r, [0.0, 0.0, 0.0, 0.0])
+    assert sc.skipped.tolist() == [False, True, False, False]
+    assert sc.advantages[1] == 0 and torch.isfinite(sc.advantages).all()
+    assert sc.advantages[2:].tolist() == pytest.approx([0.7071, -0.7071], abs=1e-3)
+    view, _ = merge_metric_views(("x",), [metric_view(("x",), make_batch(), sc)])
+    assert view["reward/nonfinite_skipped"] == 0.25
