@@ -175,3 +175,9 @@ def test_a_prompt_longer_than_the_context_is_named_before_any_model(files, tmp_p
     assert "model.seq_length 128 - rollout.max_new_tokens 48 leaves 80" in lines[-1]
     assert "Traceback" not in proc.stderr
     assert not (run_dir / "hf_random_init").exists()  # nothing expensive was built
+
+
+def test_the_docs_table_lists_every_case():
+    table = (ROOT / "docs" / "bad_inputs.md").read_text()
+    missing = [c[0] for c in CASES if f"| {c[0]} |" not in table]
+    assert not missing, missing
