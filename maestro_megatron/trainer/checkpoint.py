@@ -10,23 +10,34 @@ One checkpoint directory ``<ckpt_root>/step_00000042/`` holds
   (h, a, A) triples), written by the last-stage TP-rank-0 replica,
 - ``rng/rank_00000.pt``: each rank's RNG states (python, numpy, torch CPU, CUDA, the
   megatron model-parallel RNG tracker, and any caller-owned ``torch.Generator``),
-- ``meta.json`` (written last, by the leader): step, the caller's ``extra`` (data cursor,
-  ...), the LR scheduler's state and the layout.
+- ``meta.json`` (by the leader): step, the caller's ``extra`` (data cursor, ...), the LR
+  scheduler's state and the layout,
+- ``manifest.json`` (written last, by the leader): every other file's relative path, size
+  and sha256 (the ranks hash their own shards after the barrier, in chunks).
 
 Atomicity: every rank writes into ``<ckpt_root>/.tmp-step_00000042``; after a barrier the
 leader (global rank 0) renames it to ``step_00000042`` and then atomically replaces the
 ``latest`` file (write tmp + ``os.replace``). A crash at any point leaves ``latest``
 naming the previous complete checkpoint and no partial directory named ``step_*``.
+
+Trust: nothing is read from a checkpoint before its manifest verifies (`verify_checkpoint`,
+on every rank, one verdict): a missing manifest, a missing or extra file, a size or a
+checksum mismatch is a `CheckpointError` naming the file. `resume_checkpoint` picks what a
+run resumes from: what ``latest`` names (a ``latest`` naming no directory is an error,
+never a fresh start), else the newest ``step_*``; with ``fallback`` the newest earlier one
+that verifies. No ``latest`` and no ``step_*``: a fresh start.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +45,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from maestro_megatron.errors import CheckpointError
 from maestro_megatron.megatron.model import unwrap_model
 from maestro_megatron.megatron.optimizer import ensure_optimizer_state, restore_adam_steps
 from maestro_megatron.megatron.parallel import ParallelGroups
@@ -41,6 +53,7 @@ from maestro_megatron.trainer.outputs import atomic_write_text
 
 LATEST = "latest"
 META = "meta.json"
+MANIFEST = "manifest.json"
 PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
 FORMAT = "maestro-ckpt-v1"
@@ -51,6 +64,8 @@ buffer shards in parallel; resumable under another DP size, not another TP/PP la
 megatron-core 0.16.1's own default, "fully_sharded_model_space", fails on save
 ("ShardedTensor.flattened_range is not supported")."""
 _NAME = re.compile(rf"^{PREFIX}(\d+)$")
+_RANK_FILE = re.compile(r"(?:^|/)(?:__|rank_)(\d+)(?:_\d+\.distcp|\.pt)$")
+"""A file one rank wrote (torch_dist ``__<rank>_<i>.distcp``, ``rng/rank_<rank>.pt``)."""
 _log = logging.getLogger(__name__)
 
 
@@ -138,6 +153,127 @@ def _load_scalarizer(ckpt: Path, meta: dict, groups: ParallelGroups, scalarizer)
                                                                groups.dp_size))
 
 
+# ---------------------------------------------------------------- manifest
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:  # streamed in chunks: shards can be GBs
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _listing(ckpt: Path) -> dict[str, int]:
+    """{path relative to `ckpt`: size} of every file but the manifest, sorted."""
+    files = {p.relative_to(ckpt).as_posix(): p.stat().st_size
+             for p in ckpt.rglob("*") if p.is_file()}
+    files.pop(MANIFEST, None)
+    return dict(sorted(files.items()))
+
+
+def _my_share(names: list[str], rank: int, world: int) -> list[str]:
+    """The files this rank hashes: those it wrote (named by rank), the rest round-robin."""
+    def owner(i: int, name: str) -> int:
+        match = _RANK_FILE.search(name)
+        return (int(match.group(1)) if match else i) % world
+    return [n for i, n in enumerate(names) if owner(i, n) == rank]
+
+
+def _all_gather(obj) -> list:
+    """`obj` from every rank (just [obj] without a process group)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _broadcast(obj):
+    """Rank 0's `obj` on every rank."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _rank_world() -> tuple[int, int]:
+    if not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _hash_files(ckpt: Path, names: list[str]) -> dict[str, str]:
+    """{name: sha256} of `names`, each hashed by one rank; collective (one all_gather)."""
+    rank, world = _rank_world()
+    digests: dict[str, str] = {}
+    for part in _all_gather({n: _sha256(ckpt / n) for n in _my_share(names, rank, world)}):
+        digests.update(part)
+    return digests
+
+
+def _write_manifest(ckpt: Path, digests: dict[str, str]) -> None:
+    """Leader, last file of a save: every file's size and sha256 (`digests`: those the
+    ranks already hashed; the rest, e.g. meta.json, are hashed here)."""
+    files = {name: {"size": size, "sha256": digests.get(name) or _sha256(ckpt / name)}
+             for name, size in _listing(ckpt).items()}
+    atomic_write_text(ckpt / MANIFEST, json.dumps({"format": FORMAT, "files": files},
+                                                  indent=1))
+
+
+def _problems(ckpt: Path) -> list[tuple[int, str]]:
+    """(order, what is wrong) for `ckpt`; collective: every rank calls it once and gets
+    the same list (files are hashed once, spread over the ranks)."""
+    try:
+        manifest = json.loads((ckpt / MANIFEST).read_text())
+        files = {name: (int(entry["size"]), str(entry["sha256"]))
+                 for name, entry in manifest["files"].items()}
+    except FileNotFoundError:
+        found = [(-1, f"has no {MANIFEST} (an incomplete save or copy, or saved before "
+                      "checkpoints carried manifests)")]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        found = [(-1, f"{MANIFEST} is unreadable ({type(exc).__name__}: {exc}) (corrupted)")]
+    else:
+        on_disk = _listing(ckpt)
+        found = []
+        for i, (name, (size, _)) in enumerate(files.items()):
+            if name not in on_disk:
+                found.append((i, f"{name} is missing (the manifest lists it)"))
+            elif on_disk[name] != size:
+                found.append((i, f"{name} is {on_disk[name]} bytes but the manifest says "
+                                 f"{size} (truncated or overwritten)"))
+        found += [(len(files), f"{name} is not in the manifest (added after the save)")
+                  for name in on_disk if name not in files]
+    if found:  # a verdict without reading a shard; still the hashing branch's collective
+        _hash_files(ckpt, [])
+        return found
+    got = _hash_files(ckpt, list(files))
+    for i, (name, (_, want)) in enumerate(files.items()):
+        if name not in got:  # a rank that saw other files hashed nothing
+            found.append((i, f"{name} was not hashed (the ranks see different files)"))
+        elif got[name] != want:
+            found.append((i, f"{name} has sha256 {got[name][:12]}.. but the manifest says "
+                             f"{want[:12]}.. (corrupted)"))
+    return found
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """What makes `ckpt` untrustworthy (the first problem, named by file), or None when
+    every file matches its manifest. Collective when torch.distributed is initialised:
+    every rank calls it and gets the same answer."""
+    found = sorted(set(_problems(Path(ckpt))))
+    # (a rank whose view of the files differs would return another list: agree on rank 0's)
+    found = _broadcast(found)
+    if not found:
+        return None
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return found[0][1] + more
+
+
+def verify_checkpoint(ckpt: Path) -> None:
+    """Raise `CheckpointError` unless every file of `ckpt` matches its manifest; read
+    nothing from a checkpoint before this. Collective (see `checkpoint_problem`)."""
+    problem = checkpoint_problem(ckpt)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {ckpt}: {problem}")
+
+
 # ---------------------------------------------------------------- public API
 def save_checkpoint(ckpt_root: Path, step: int, *, model_chunks, optimizer, scheduler,
                     groups: ParallelGroups, scalarizer, extra: dict,
@@ -179,6 +315,7 @@ def save_checkpoint(ckpt_root: Path, step: int, *, model_chunks, optimizer, sche
         torch.save({"name": scalarizer.name, "state": scalarizer.state_dict()},
                    tmp / SCALARIZER_DIR / f"dp_{groups.dp_rank:05d}.pt")
     dist.barrier()
+    digests = _hash_files(tmp, list(_listing(tmp)))  # all written; each rank hashes its own
 
     if leader:
         meta = {"format": FORMAT, "step": step, "extra": json.loads(extra_json),
@@ -189,6 +326,7 @@ def save_checkpoint(ckpt_root: Path, step: int, *, model_chunks, optimizer, sche
                            "dp_size": groups.dp_size, "cp_size": groups.cp_size,
                            "vpp_size": groups.vpp_size}}
         atomic_write_text(tmp / META, json.dumps(meta, indent=1))
+        _write_manifest(tmp, digests)  # last: a directory with a manifest is complete
         if final.exists():  # re-saving a step (e.g. after a resume): replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -202,35 +340,93 @@ def _is_complete(path: Path) -> bool:
     return path.is_dir() and _NAME.match(path.name) is not None and (path / META).is_file()
 
 
-def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    """The directory `latest` names; if that file is missing or stale, the newest
-    complete ``step_*`` directory; None when there is none."""
-    ckpt_root = Path(ckpt_root)
+def _step_of(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))
+
+
+def _resume_plan(ckpt_root: Path) -> tuple[str | None, list[Path]]:
+    """(what is wrong with `latest`, or None; the candidates to resume from, newest
+    first: what `latest` names, else the newest ``step_*``, then the older ones)."""
+    steps = sorted((p for p in ckpt_root.glob(f"{PREFIX}*")
+                    if p.is_dir() and _NAME.match(p.name)), key=_step_of, reverse=True)
     pointer = ckpt_root / LATEST
-    if pointer.is_file():
-        named = ckpt_root / pointer.read_text().strip()
-        if _is_complete(named):
-            return named
-    complete = [p for p in ckpt_root.glob(f"{PREFIX}*") if _is_complete(p)]
-    return max(complete, key=lambda p: int(_NAME.match(p.name).group(1)), default=None)
+    if not pointer.is_file():
+        return None, steps
+    name = pointer.read_text().strip()
+    if not _NAME.match(name):
+        return f"{pointer} names {name!r}, not a {PREFIX}NNNNNNNN directory", steps
+    older = [p for p in steps if _step_of(p) < int(_NAME.match(name).group(1))]
+    if not (ckpt_root / name).is_dir():
+        return f"{pointer} names {name}, but {ckpt_root / name} does not exist", older
+    return None, [ckpt_root / name, *older]
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    """The directory `latest` names; without a `latest` file, the newest ``step_*``
+    directory; None when there is neither. A `latest` naming no directory is a
+    `CheckpointError`. Verifies nothing (`resume_checkpoint` does)."""
+    problem, candidates = _resume_plan(Path(ckpt_root))
+    if problem is not None:
+        raise CheckpointError(problem)
+    return candidates[0] if candidates else None
+
+
+def resume_checkpoint(ckpt_root: Path, *, fallback: bool = False) -> Path | None:
+    """The verified checkpoint a run in `ckpt_root` resumes from; None for a fresh start
+    (no `latest` and no ``step_*`` directory). Collective: every rank gets the same answer.
+
+    What `latest_checkpoint` finds must verify; if it does not (or `latest` names no
+    directory) this raises `CheckpointError`, unless `fallback` (run.resume_fallback):
+    then it warns in one line and returns the newest earlier checkpoint that verifies.
+    """
+    ckpt_root = Path(ckpt_root)
+    rank, _ = _rank_world()
+    problem, candidates = _broadcast(_resume_plan(ckpt_root) if rank == 0 else None)
+    if problem is None:
+        if not candidates:
+            return None
+        found = checkpoint_problem(candidates[0])
+        if found is None:
+            return candidates[0]
+        problem, candidates = f"checkpoint {candidates[0]}: {found}", candidates[1:]
+    if not fallback:
+        hint = (f"set run.resume_fallback=true to resume from {candidates[0].name}, or the "
+                "newest earlier checkpoint that verifies" if candidates
+                else f"no earlier checkpoint in {ckpt_root} to fall back to")
+        raise CheckpointError(f"{problem}; refusing to resume ({hint})")
+    problems = [problem]
+    for path in candidates:
+        found = checkpoint_problem(path)
+        if found is None:
+            if rank == 0:
+                print(f"warning: {'; '.join(problems)}; resuming from {path} instead "
+                      "(run.resume_fallback=true)", file=sys.stderr, flush=True)
+            return path
+        problems.append(f"checkpoint {path}: {found}")
+    raise CheckpointError(f"{'; '.join(problems)}; no earlier checkpoint in {ckpt_root} "
+                          "verifies (run.resume_fallback=true)")
 
 
 def resolve_checkpoint(path_or_root: Path) -> Path:
-    """A checkpoint directory itself, or the latest complete one under a root."""
+    """A checkpoint directory itself, or the one `latest_checkpoint` finds under a root."""
     path = Path(path_or_root)
-    if (path / META).is_file():
+    if (path / META).is_file() or (path / MANIFEST).is_file() or _NAME.match(path.name):
         return path
     found = latest_checkpoint(path)
     if found is None:
-        raise FileNotFoundError(f"no complete checkpoint at or under {path}")
+        raise CheckpointError(f"no checkpoint at or under {path}")
     return found
 
 
 def load_checkpoint(path_or_root: Path, *, model_chunks, optimizer, scheduler,
                     groups: ParallelGroups, scalarizer,
                     generators: dict[str, torch.Generator] | None = None,
-                    load_rng: bool = True) -> dict:
+                    load_rng: bool = True, verify: bool = True) -> dict:
     """Restore everything `save_checkpoint` wrote; collective over all ranks.
+
+    The manifest is verified first (`verify_checkpoint`; pass verify=False only for a
+    directory `resume_checkpoint` just verified): a bad checkpoint is a CheckpointError
+    before anything is read.
 
     The policy and optimizer reshard to the current TP/PP/DP layout (dist_checkpointing);
     the scalarizer's per-rank state is re-split if the DP size changed; RNG states are
@@ -241,6 +437,8 @@ def load_checkpoint(path_or_root: Path, *, model_chunks, optimizer, scheduler,
     from megatron.core import dist_checkpointing
 
     path = resolve_checkpoint(path_or_root)
+    if verify:
+        verify_checkpoint(path)
     meta = json.loads((path / META).read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} checkpoint (format={meta.get('format')!r})")

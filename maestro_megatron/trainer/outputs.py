@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from maestro_megatron.errors import RunDirError
 
 METRICS_FILE = "metrics.jsonl"
 WEIGHTS_FILE = "conductor_weights.jsonl"
@@ -51,16 +54,23 @@ class RunWriter:
 
     run_dir: the run directory; recipe_dict: the resolved recipe (plain data);
     enabled: True on the logging rank only; total_steps: for the progress bar's ETA;
-    start_step: steps already done (resume); progress: show a tqdm bar.
+    start_step: steps already done (resume); progress: show a tqdm bar; overwrite: a fresh
+    start (start_step 0) removes an earlier run's records instead of refusing
+    (`check_fresh_start`).
     """
 
     def __init__(self, run_dir: Path, recipe_dict: dict, *, enabled: bool, total_steps: int,
-                 start_step: int = 0, progress: bool = True):
+                 start_step: int = 0, progress: bool = True, overwrite: bool = False):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._metrics = self._weights = self._tb = self._bar = None
         if not enabled:
             return
+        if start_step == 0:
+            self.check_fresh_start(self.run_dir, overwrite=overwrite)
+            for name in (METRICS_FILE, WEIGHTS_FILE):
+                (self.run_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(self.run_dir / TB_DIR, ignore_errors=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / RECIPE_FILE,
                           yaml.safe_dump(recipe_dict, sort_keys=False))
@@ -78,6 +88,25 @@ class RunWriter:
 
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step",
                              dynamic_ncols=True)
+
+    @staticmethod
+    def check_fresh_start(run_dir: Path, *, overwrite: bool) -> None:
+        """A run that starts afresh (nothing to resume) must not append to an earlier
+        run's records: RunDirError naming the file unless `overwrite` (then the writer
+        removes them). Reads only; call it on every rank before expensive work."""
+        if overwrite:
+            return
+        for name in (METRICS_FILE, WEIGHTS_FILE):
+            path = Path(run_dir) / name
+            if not path.is_file():
+                continue
+            with open(path) as f:
+                earlier = any(line.strip() for line in f)
+            if earlier:
+                raise RunDirError(f"{path} holds records of an earlier run and there is no "
+                                  "checkpoint to resume from; set run.overwrite=true to "
+                                  "start afresh (removes them) or choose another "
+                                  "run.output_dir")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Append one step: metrics are {namespaced name: number} (0-d tensors are fine)."""

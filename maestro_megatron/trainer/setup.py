@@ -93,7 +93,7 @@ def setup_run(recipe: Recipe) -> RunState:
     """Collective over all ranks: build or resume everything `train` needs."""
     from maestro_megatron.data.prompts import PromptStream, describe_splits, load_data_config
     from maestro_megatron.rollout import refit_policy
-    from maestro_megatron.trainer.checkpoint import latest_checkpoint, load_checkpoint
+    from maestro_megatron.trainer.checkpoint import load_checkpoint, resume_checkpoint
     from maestro_megatron.trainer.outputs import RunWriter
 
     run, g = recipe.run, recipe.grpo
@@ -115,10 +115,15 @@ def setup_run(recipe: Recipe) -> RunState:
     task_index = {t: i for i, t in enumerate(sorted({r.task for r in records}))}
     stream = PromptStream(records, g.num_prompts_per_step, seed=run.seed)
     start_step = 0
-    latest = latest_checkpoint(run_dir / "checkpoints")
-    if latest is not None:
+    # Verified on every rank (CheckpointError: corrupt, or `latest` names no directory);
+    # a fresh start refuses an earlier run's metrics unless run.overwrite.
+    latest = resume_checkpoint(run_dir / "checkpoints", fallback=run.resume_fallback)
+    if latest is None:
+        RunWriter.check_fresh_start(run_dir, overwrite=run.overwrite)
+    else:
         state = load_checkpoint(latest, model_chunks=models.policy, optimizer=optimizer,
-                                scheduler=scheduler, groups=groups, scalarizer=scalarizer)
+                                scheduler=scheduler, groups=groups, scalarizer=scalarizer,
+                                verify=False)  # just verified
         start_step = state["step"]
         stream.load_state_dict(state["extra"]["data"])
     scorer = None
@@ -133,6 +138,7 @@ def setup_run(recipe: Recipe) -> RunState:
                      recipe.rollout.refit_bucket_mb * 1024 * 1024)
     logger = groups.is_last_stage and groups.tp_rank == 0 and groups.dp_rank == 0
     writer = RunWriter(run_dir, recipe_to_dict(recipe), enabled=logger,
-                       total_steps=run.num_steps, start_step=start_step, progress=run.progress)
+                       total_steps=run.num_steps, start_step=start_step, progress=run.progress,
+                       overwrite=run.overwrite)
     return RunState(recipe, groups, run_dir, models, optimizer, scheduler, scalarizer, sync,
                     stream, task_index, start_step, scorer, engine, writer, per_rank)

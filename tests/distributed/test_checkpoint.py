@@ -17,6 +17,7 @@ import pytest
 import torch
 from launch import run_torchrun
 
+from maestro_megatron.errors import CheckpointError
 from maestro_megatron.trainer.checkpoint import (
     LATEST,
     META,
@@ -24,6 +25,7 @@ from maestro_megatron.trainer.checkpoint import (
     latest_checkpoint,
     prune_checkpoints,
     resolve_checkpoint,
+    resume_checkpoint,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -70,19 +72,26 @@ def _fake_checkpoint(root: Path, step: int, *, complete: bool = True) -> Path:
     return path
 
 
-def test_latest_names_only_complete_checkpoints(tmp_path):
+def test_latest_is_what_latest_names_never_an_older_one(tmp_path):
     assert latest_checkpoint(tmp_path) is None
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+    (tmp_path / f".tmp-{checkpoint_name(1)}").mkdir()  # a crashed first save
+    assert resume_checkpoint(tmp_path) is None  # nothing to resume: a fresh start
+    with pytest.raises(CheckpointError, match="no checkpoint at or under"):
         resolve_checkpoint(tmp_path)
     two = _fake_checkpoint(tmp_path, 2)
-    _fake_checkpoint(tmp_path, 10, complete=False)  # no meta.json: never chosen
-    assert latest_checkpoint(tmp_path) == two  # no `latest` file: newest complete one
+    ten = _fake_checkpoint(tmp_path, 10, complete=False)
+    assert latest_checkpoint(tmp_path) == ten  # no `latest` file: the newest step_*, which
+    with pytest.raises(CheckpointError, match=f"{ten}: has no manifest.json .*refusing to "
+                       f"resume .*resume from {checkpoint_name(2)}"):
+        resume_checkpoint(tmp_path)  # must verify: no silent step back to step_2
     four = _fake_checkpoint(tmp_path, 4)
     (tmp_path / LATEST).write_text(checkpoint_name(2) + "\n")
-    assert latest_checkpoint(tmp_path) == two  # `latest` wins when it names a complete one
-    (tmp_path / LATEST).write_text(checkpoint_name(7))  # stale pointer
-    assert latest_checkpoint(tmp_path) == four
-    assert resolve_checkpoint(four) == four and resolve_checkpoint(tmp_path) == four
+    assert latest_checkpoint(tmp_path) == two  # `latest` wins
+    (tmp_path / LATEST).write_text(checkpoint_name(7))  # dangling: an error, not step 4
+    with pytest.raises(CheckpointError, match=f"{LATEST} names {checkpoint_name(7)}, but "
+                       f".*{checkpoint_name(7)} does not exist"):
+        latest_checkpoint(tmp_path)
+    assert resolve_checkpoint(four) == four and resolve_checkpoint(ten) == ten
 
 
 def test_prune_keeps_newest_and_latest(tmp_path):
