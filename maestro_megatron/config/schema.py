@@ -287,6 +287,10 @@ class RolloutConfig:
     """Size bound of one refit bucket (MiB)."""
     tensor_parallel: int = 1
     """Engine tensor parallelism (GPU)."""
+    placement: str = "leader"
+    """leader: one engine on global rank 0 generates every group (one machine) |
+    replica: one engine per data-parallel replica, on the replica's first rank, each
+    generating and refitting only its own groups (multi-node)."""
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,7 @@ def validate_recipe(recipe: Recipe) -> None:
     from maestro_megatron.rollout.registry import ENGINES
 
     _one_of(recipe.rollout.engine, set(ENGINES), "rollout.engine")
+    _one_of(recipe.rollout.placement, {"leader", "replica"}, "rollout.placement")
     from maestro_megatron.algorithms import ADVANTAGE_ESTIMATORS
 
     _one_of(g.advantage_estimator, set(ADVANTAGE_ESTIMATORS), "grpo.advantage_estimator")

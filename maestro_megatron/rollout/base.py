@@ -92,10 +92,14 @@ class RolloutEngine(abc.ABC):
     """True where `sleep`/`wake_up` really free and restore engine memory."""
 
     @abc.abstractmethod
-    def generate(self, prompts: Prompts, n: int, sampling: SamplingConfig) -> list[RolloutGroup]:
+    def generate(self, prompts: Prompts, n: int, sampling: SamplingConfig,
+                 first_index: int = 0) -> list[RolloutGroup]:
         """Sample `n` responses for each prompt (text, or token ids used as given).
 
-        Returns one `RolloutGroup` per prompt, in prompt order, each with `n` responses.
+        With `sampling.seed`, prompt i is sampled with a seed of (seed, first_index + i):
+        its global index in the step's batch, so responses do not depend on how the
+        batch is split over engines. Returns one `RolloutGroup` per prompt, in prompt
+        order, each with `n` responses.
         """
 
     @abc.abstractmethod

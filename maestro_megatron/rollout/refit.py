@@ -139,18 +139,20 @@ def refit_engine(engine: RolloutEngine, named_tensor_iter: Iterable[NamedTensor]
 
 
 def refit_policy(engine: RolloutEngine | None, model_chunks, cfg, groups,
-                 bucket_bytes: int) -> dict[str, float]:
+                 bucket_bytes: int, all_replicas: bool = False) -> dict[str, float]:
     """THE refit entry point of training: gather this replica's policy shards into
     HF-named tensors (collective: every rank of the model-parallel group runs it) and
     load them into `engine` (on the rank hosting it; None elsewhere).
 
     model_chunks: the policy's (DDP-wrapped) chunks; cfg: ModelConfig; groups:
-    ParallelGroups. Returns the refit metrics ({} on ranks without an engine).
+    ParallelGroups; all_replicas: every data-parallel replica refits its own engine
+    (rollout.placement: replica). Returns the refit metrics ({} without an engine).
     """
     from maestro_megatron.weights.gather import iter_hf_weights
     from maestro_megatron.weights.registry import get_mapping
 
-    weights = iter_hf_weights(model_chunks, get_mapping(cfg.architecture), cfg, groups)
+    weights = iter_hf_weights(model_chunks, get_mapping(cfg.architecture), cfg, groups,
+                              all_replicas)
     try:
         if engine is None:
             return {}

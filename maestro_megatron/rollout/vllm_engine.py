@@ -133,7 +133,8 @@ class VLLMEngine(RolloutEngine):
     def _prompt(p: str | Sequence[int]) -> Any:
         return p if isinstance(p, str) else {"prompt_token_ids": [int(t) for t in p]}
 
-    def generate(self, prompts: Prompts, n: int, sampling: SamplingConfig) -> list[RolloutGroup]:
+    def generate(self, prompts: Prompts, n: int, sampling: SamplingConfig,
+                 first_index: int = 0) -> list[RolloutGroup]:
         from vllm import SamplingParams
 
         if n < 1:
@@ -142,7 +143,7 @@ class VLLMEngine(RolloutEngine):
             SamplingParams(
                 n=n, temperature=sampling.temperature, top_p=sampling.top_p,
                 max_tokens=sampling.max_new_tokens, logprobs=0,
-                seed=None if sampling.seed is None else prompt_seed(sampling.seed, i))
+                seed=None if sampling.seed is None else prompt_seed(sampling.seed, first_index + i))
             for i in range(len(prompts))
         ]
         outputs = self.llm.generate([self._prompt(p) for p in prompts], params, use_tqdm=False)

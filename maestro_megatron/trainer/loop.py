@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from maestro_megatron.config import Recipe
 from maestro_megatron.data.packing import SequenceBatch, minibatch_rows
@@ -97,7 +98,8 @@ def run_step(state: RunState, step: int) -> None:
             metrics.update(state.scalarizer.update(step, state.sync))
     with timer("refit"):
         metrics.update(refit_policy(state.engine, models.policy, models.cfg, groups,
-                                    recipe.rollout.refit_bucket_mb * 1024 * 1024))
+                                    recipe.rollout.refit_bucket_mb * 1024 * 1024,
+                                    all_replicas=recipe.rollout.placement == "replica"))
     metrics.update(timer.times)
     metrics["timing/step"] = time.perf_counter() - start
     if state.is_logger:
@@ -109,17 +111,26 @@ def run_step(state: RunState, step: int) -> None:
 
 
 def rollout_step(state: RunState, step: int):
-    """G responses per prompt from the engine (rank 0), shared; -> this DP rank's groups."""
-    recipe = state.recipe
+    """G responses per prompt -> this DP rank's groups. Placement leader: rank 0's engine
+    samples the whole batch, broadcast to the world; replica: each replica's engine
+    samples its own groups, broadcast within the replica only. Per-request seeds come
+    from (run seed, step, global prompt index): the same responses either way."""
+    recipe, groups, per_rank = state.recipe, state.groups, state.prompts_per_rank
     prompts = state.stream.next_batch()
+    first = groups.dp_rank * per_rank
+    replica = recipe.rollout.placement == "replica"
+    if replica:
+        prompts = prompts[first:first + per_rank]
     batch = None
     if state.engine is not None:
         sampling = SamplingConfig.from_rollout(recipe.rollout, seed=recipe.run.seed + step)
         batch = collect_rollouts(state.engine, prompts, state.models.tokenizer, sampling,
-                                 recipe.grpo.group_size, recipe.data)
-    batch = broadcast_rollouts(batch)
-    return batch.groups_slice(state.groups.dp_rank * state.prompts_per_rank,
-                              state.prompts_per_rank)
+                                 recipe.grpo.group_size, recipe.data,
+                                 first_index=first if replica else 0)
+    if replica:
+        return broadcast_rollouts(batch, src=dist.get_global_rank(groups.mp, 0),
+                                  group=groups.mp)
+    return broadcast_rollouts(batch).groups_slice(first, per_rank)
 
 
 def train_step(state: RunState, fwd, sc, truncated: list[bool]) -> dict[str, float]:

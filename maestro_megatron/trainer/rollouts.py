@@ -1,8 +1,10 @@
-"""Rollouts between the engine and the trainer: sample on the leader, share, pack.
+"""Rollouts between the engine and the trainer: sample on an engine's host, share, pack.
 
 A `RolloutBatch` holds N prompts and their N*G responses in group order (response row
-r belongs to prompt r // G). The leader (global rank 0) drives the engine; every rank
-gets the same batch by broadcast and takes its data-parallel rows, whole groups only.
+r belongs to prompt r // G). With `rollout.placement: leader` global rank 0 drives the
+one engine and every rank gets the whole batch and takes its data-parallel groups;
+with `replica` each data-parallel replica's first rank drives its own engine on its
+own groups and shares them only within the replica (TP x PP).
 """
 
 from __future__ import annotations
@@ -71,11 +73,12 @@ def encode_prompt(tokenizer, prompt: str, data) -> list[int]:
 
 
 def collect_rollouts(engine, records, tokenizer, sampling, group_size: int,
-                     data) -> RolloutBatch:
-    """Leader only: G samples per prompt from the engine (prompts passed as token ids);
-    data: DataConfig (prompt format)."""
+                     data, first_index: int = 0) -> RolloutBatch:
+    """On an engine's host: G samples per prompt (prompts passed as token ids); data:
+    DataConfig (prompt format); first_index: the global index of records[0] in the
+    step's batch (per-request seeds)."""
     prompt_ids = [encode_prompt(tokenizer, r.prompt, data) for r in records]
-    groups = engine.generate(prompt_ids, group_size, sampling)
+    groups = engine.generate(prompt_ids, group_size, sampling, first_index=first_index)
     responses = [resp for g in groups for resp in g.responses]
     return RolloutBatch(
         prompts=[r.prompt for r in records], references=[r.reference for r in records],
@@ -86,12 +89,14 @@ def collect_rollouts(engine, records, tokenizer, sampling, group_size: int,
         rollout_logprobs=[r.rollout_logprobs.tolist() for r in responses])
 
 
-def broadcast_rollouts(batch: RolloutBatch | None, src: int = 0) -> RolloutBatch:
-    """Every rank gets the leader's batch (a pickled object broadcast over the world)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+def broadcast_rollouts(batch: RolloutBatch | None, src: int = 0,
+                       group: dist.ProcessGroup | None = None) -> RolloutBatch:
+    """Every rank of `group` (default: the world) gets the batch of global rank `src`
+    (a pickled object broadcast)."""
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
         return batch
     box = [batch]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=group)
     return box[0]
 
 

@@ -78,6 +78,14 @@ def prompts_per_rank(recipe: Recipe, groups: ParallelGroups) -> int:
     return per_rank
 
 
+def hosts_engine(recipe: Recipe, groups: ParallelGroups) -> bool:
+    """Global rank 0 (placement leader) or each data-parallel replica's first rank
+    (placement replica)."""
+    if recipe.rollout.placement == "replica":
+        return groups.tp_rank == 0 and groups.pp_rank == 0 and groups.cp_rank == 0
+    return groups.rank == 0
+
+
 def build_engine(recipe: Recipe, models: Models):
     """The rollout engine, started from the run's HF directory."""
     from maestro_megatron.rollout import build_engine as build
@@ -87,6 +95,19 @@ def build_engine(recipe: Recipe, models: Models):
                  max_model_len=models.cfg.seq_length, tensor_parallel_size=ro.tensor_parallel,
                  gpu_memory_utilization=ro.gpu_memory_utilization,
                  enable_sleep_mode=ro.enable_sleep_mode, verbose=recipe.run.verbose)
+
+
+def check_tokenized_prompts(recipe: Recipe, run_dir: Path, groups: ParallelGroups) -> None:
+    """Prompt lengths against the context, with the run's tokenizer, before any model
+    is built (the tiny recipe's tokenizer is trained here first: about a second)."""
+    from transformers import AutoTokenizer
+
+    from maestro_megatron.data.prompts import load_data_config
+    from maestro_megatron.trainer.bootstrap import prepare_tokenizer
+    from maestro_megatron.trainer.preflight import check_prompt_lengths
+
+    tokenizer = AutoTokenizer.from_pretrained(prepare_tokenizer(recipe, run_dir, groups))
+    check_prompt_lengths(load_data_config(recipe.data), tokenizer, recipe)
 
 
 def setup_run(recipe: Recipe) -> RunState:
@@ -100,6 +121,13 @@ def setup_run(recipe: Recipe) -> RunState:
     groups = init_distributed(recipe.parallel, recipe.model, seed=run.seed)
     per_rank = prompts_per_rank(recipe, groups)
     run_dir = Path(run.output_dir)
+    check_tokenized_prompts(recipe, run_dir, groups)
+    # Before any model (user errors first): verified on every rank (CheckpointError:
+    # corrupt, or `latest` names no directory); a fresh start refuses an earlier run's
+    # metrics unless run.overwrite.
+    latest = resume_checkpoint(run_dir / "checkpoints", fallback=run.resume_fallback)
+    if latest is None:
+        RunWriter.check_fresh_start(run_dir, overwrite=run.overwrite)
     models = prepare_models(recipe, run_dir, groups)
     device = next(models.policy[0].parameters()).device
     optimizer, scheduler = build_optimizer(g, recipe.parallel, recipe.precision, models.policy,
@@ -115,12 +143,7 @@ def setup_run(recipe: Recipe) -> RunState:
     task_index = {t: i for i, t in enumerate(sorted({r.task for r in records}))}
     stream = PromptStream(records, g.num_prompts_per_step, seed=run.seed)
     start_step = 0
-    # Verified on every rank (CheckpointError: corrupt, or `latest` names no directory);
-    # a fresh start refuses an earlier run's metrics unless run.overwrite.
-    latest = resume_checkpoint(run_dir / "checkpoints", fallback=run.resume_fallback)
-    if latest is None:
-        RunWriter.check_fresh_start(run_dir, overwrite=run.overwrite)
-    else:
+    if latest is not None:
         state = load_checkpoint(latest, model_chunks=models.policy, optimizer=optimizer,
                                 scheduler=scheduler, groups=groups, scalarizer=scalarizer,
                                 verify=False)  # just verified
@@ -132,10 +155,12 @@ def setup_run(recipe: Recipe) -> RunState:
 
         scorer = build_scorer(recipe.rewards.pref)
     steps_left = start_step < run.num_steps
-    engine = build_engine(recipe, models) if groups.rank == 0 and steps_left else None
+    engine = build_engine(recipe, models) if hosts_engine(recipe, groups) and steps_left \
+        else None
     if start_step > 0 and steps_left:  # the engine started from pre-resume weights
         refit_policy(engine, models.policy, models.cfg, groups,
-                     recipe.rollout.refit_bucket_mb * 1024 * 1024)
+                     recipe.rollout.refit_bucket_mb * 1024 * 1024,
+                     all_replicas=recipe.rollout.placement == "replica")
     logger = groups.is_last_stage and groups.tp_rank == 0 and groups.dp_rank == 0
     writer = RunWriter(run_dir, recipe_to_dict(recipe), enabled=logger,
                        total_steps=run.num_steps, start_step=start_step, progress=run.progress,

@@ -77,22 +77,27 @@ def _pp_broadcast(full: torch.Tensor | None, owner: int, groups: ParallelGroups,
     return full
 
 
-def is_refit_leader(groups: ParallelGroups) -> bool:
-    """The rank that receives the full tensors (and talks to the rollout engine)."""
+def is_refit_leader(groups: ParallelGroups, all_replicas: bool = False) -> bool:
+    """The rank that receives the full tensors (and talks to the rollout engine): global
+    rank 0, or with `all_replicas` the first rank of each data-parallel replica."""
+    if all_replicas:
+        return groups.tp_rank == 0 and groups.pp_rank == 0 and groups.cp_rank == 0
     return groups.rank == 0
 
 
 @torch.no_grad()
 def iter_hf_weights(model_chunks: list[torch.nn.Module], mapping: DecoderMapping,
-                    cfg: ModelConfig, groups: ParallelGroups
+                    cfg: ModelConfig, groups: ParallelGroups, all_replicas: bool = False
                     ) -> Iterator[tuple[str, torch.Tensor | None]]:
     """Yield (hf_name, full tensor) on the leader and (hf_name, None) elsewhere.
 
-    Must be exhausted on EVERY rank (it runs collectives); ranks of other data-parallel
-    replicas return at once. Tensors are yielded in the mapping's order, unpadded, in
-    the model's dtype, on the leader's device.
+    Must be exhausted on EVERY rank (it runs collectives). Only the first data-parallel
+    replica gathers (the others return at once), unless `all_replicas`: then every
+    replica gathers over its own TP/PP groups to its own first rank (per-replica
+    refit; nothing crosses replicas). Tensors are yielded in the mapping's order,
+    unpadded, in the model's dtype, on the leader's device.
     """
-    if groups.dp_rank != 0 or groups.cp_rank != 0:
+    if groups.cp_rank != 0 or (groups.dp_rank != 0 and not all_replicas):
         return
     dtype = unwrap_model(model_chunks[0]).config.params_dtype
     device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
@@ -101,6 +106,6 @@ def iter_hf_weights(model_chunks: list[torch.nn.Module], mapping: DecoderMapping
         owner = _owner_stage(param, groups, unit)
         full = _tp_full(param, unit, groups) if groups.pp_rank == owner else None
         full = _pp_broadcast(full, owner, groups, dtype, device)
-        tensors = to_hf(unit, full, cfg) if is_refit_leader(groups) else [None] * len(
-            unit.hf_names)
+        tensors = to_hf(unit, full, cfg) if is_refit_leader(groups, all_replicas) \
+            else [None] * len(unit.hf_names)
         yield from zip(unit.hf_names, tensors)

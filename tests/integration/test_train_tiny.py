@@ -171,11 +171,14 @@ FIRST_STEP_KEYS = ("reward/ppl", "reward/fmt", "reward/ent", "reward/len", "rewa
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("layout", [["parallel.tensor_parallel=2"],
-                                    ["parallel.pipeline_parallel=2"], []],
-                         ids=["tp2", "pp2", "dp2"])
+                                    ["parallel.pipeline_parallel=2"], [],
+                                    ["rollout.placement=replica"]],
+                         ids=["tp2", "pp2", "dp2", "dp2-two-engines"])
 def test_first_step_matches_tp1(tiny_run, layout, tmp_path):
     """Same recipe and seed under torchrun (2 ranks): TP=2, PP=2 and DP=2 give the
-    single-process run's first-step metrics."""
+    single-process run's first-step metrics; so does DP=2 with one vLLM engine per
+    replica (each samples its own groups with per-request seeds from the global prompt
+    index: the same responses as one engine sampling all of them)."""
     run_dir, _ = tiny_run
     other = tmp_path / "run"
     maestro("train", str(RECIPE), *SHORT, "run.num_steps=1", f"run.output_dir={other}",
