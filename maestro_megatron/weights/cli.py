@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from maestro_megatron.weights.errors import ConversionError
+from maestro_megatron.errors import UserError
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
           "GIB": 2**30}
@@ -44,10 +44,15 @@ def add_convert_commands(sub) -> None:
     p.add_argument("--max-shard-size", type=parse_size, default=parse_size("5GB"),
                    help="bytes per safetensors file (default 5GB)")
     p.add_argument("--config", type=Path, default=None,
-                   help="ModelConfig YAML/JSON (or recipe) when the checkpoint has no "
-                        "maestro_weights.json (e.g. a training checkpoint's model dir)")
+                   help="recipe (or ModelConfig YAML/JSON) when the checkpoint has no "
+                        "maestro_weights.json (default for RUN/checkpoints/step_N: "
+                        "RUN/recipe.yaml); sizes must agree with the checkpoint's tensors")
     p.add_argument("--architecture", default=None,
-                   help="HF architecture with --config (default: inferred)")
+                   help="HF architecture with --config (default: the recipe's, or inferred)")
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help="tokenizer directory: gives the real vocabulary size (rows past it "
+                        "are padding) and is copied into --out (default: maestro_weights.json's"
+                        " hf_assets, else RUN/tokenizer, model.hf_path, RUN/hf_final)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run, convert="megatron-to-hf")
 
@@ -60,7 +65,8 @@ def add_convert_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Execute a parsed convert command; ConversionError -> message on stderr, exit 2."""
+    """Execute a parsed convert command; a UserError (ConversionError, a recipe's
+    ConfigError) -> one line on stderr, exit 2."""
     # Conversion is CPU work; a visible GPU would make megatron pick NCCL/CUDA tensors.
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     from maestro_megatron.weights import convert
@@ -74,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
             convert.megatron_to_hf(args.megatron, args.out, dtype=args.dtype,
                                    max_shard_bytes=args.max_shard_size,
                                    config_path=args.config, architecture=args.architecture,
-                                   progress=not args.no_progress)
-    except ConversionError as exc:
+                                   tokenizer=args.tokenizer, progress=not args.no_progress)
+    except UserError as exc:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {exc}", file=sys.stderr)
         return 2

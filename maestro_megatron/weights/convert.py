@@ -18,14 +18,11 @@ import torch
 from maestro_megatron.config.schema import ModelConfig
 from maestro_megatron.weights import hf_io
 from maestro_megatron.weights.checks import check_hf_tensors, check_layout, check_output
+from maestro_megatron.weights.ckpt_model import ASSETS_DIR, META_NAME, describe
 from maestro_megatron.weights.errors import ConversionError
 from maestro_megatron.weights.output import atomic_output
 from maestro_megatron.weights.registry import get_mapping, mapping_for_hf_config
 
-META_NAME = "maestro_weights.json"
-"""Beside the torch_dist files: architecture, ModelConfig, source HF config, layout."""
-ASSETS_DIR = "hf_assets"
-"""Tokenizer / generation files of the source HF directory, kept for the way back."""
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16",
@@ -123,36 +120,23 @@ def _write_meta(ckpt: Path, arch: str, cfg: ModelConfig, hf_config: dict, tp: in
 
 def read_meta(ckpt: Path, config_path: Path | None = None,
               architecture: str | None = None) -> tuple[str, ModelConfig, dict | None]:
-    """(architecture, ModelConfig, source HF config or None) of a megatron checkpoint.
-
-    From ``maestro_weights.json``, or else from ``config_path`` (ModelConfig fields as
-    JSON/YAML, or a recipe with a ``model:`` section) plus ``architecture``.
-    """
-    import yaml
-
-    meta_file = Path(ckpt) / META_NAME
-    if config_path is None:
-        if not meta_file.is_file():
-            raise ConversionError(f"{meta_file} not found: pass --config MODEL.yaml "
-                                  "(and --architecture) for checkpoints not made by this tool")
-        meta = json.loads(meta_file.read_text())
-        return meta["architecture"], ModelConfig(**meta["model_config"]), meta.get("hf_config")
-    data = yaml.safe_load(Path(config_path).read_text()) or {}
-    data = data.get("model", data)
-    try:
-        cfg = ModelConfig(**data)
-    except TypeError as exc:
-        raise ConversionError(f"{config_path}: {exc}") from None
-    if architecture is None:
-        architecture = ("Qwen3ForCausalLM" if cfg.qk_layernorm else
-                        "Qwen2ForCausalLM" if cfg.add_qkv_bias else "LlamaForCausalLM")
-    return architecture, cfg, None
+    """(architecture, ModelConfig, base HF config or None) of a megatron checkpoint, checked
+    against its tensors (:func:`~maestro_megatron.weights.ckpt_model.describe`)."""
+    model = describe(ckpt, config_path=config_path, architecture=architecture)
+    return model.architecture, model.cfg, model.hf_base
 
 
 def megatron_to_hf(megatron_dir: Path, out: Path, *, dtype: str | None = None,
                    max_shard_bytes: int = 5 * 2**30, config_path: Path | None = None,
-                   architecture: str | None = None, progress: bool = True) -> Path:
-    """Convert a torch_dist checkpoint (any TP/PP it was saved with) into an HF directory."""
+                   architecture: str | None = None, tokenizer: Path | None = None,
+                   progress: bool = True) -> Path:
+    """Convert a torch_dist checkpoint (any TP/PP it was saved with) into an HF directory.
+
+    Sizes come from the checkpoint's tensors; the real vocabulary size and the tokenizer
+    files from maestro_weights.json / the run's tokenizer (see ``ckpt_model``); every
+    checkpoint file is checked to be whole before any output is written.
+    """
+    from maestro_megatron.weights.dcp_read import check_storage
     from maestro_megatron.weights.export import export_shards
 
     check_output(out)
@@ -160,13 +144,17 @@ def megatron_to_hf(megatron_dir: Path, out: Path, *, dtype: str | None = None,
     if not (megatron_dir / "metadata.json").is_file():
         raise ConversionError(f"{megatron_dir} is not a megatron dist checkpoint "
                               "(no metadata.json)")
-    arch, cfg, hf_base = read_meta(megatron_dir, config_path, architecture)
-    mapping = get_mapping(arch)
+    check_storage(megatron_dir)
+    model = describe(megatron_dir, config_path=config_path, architecture=architecture,
+                     tokenizer=tokenizer)
+    mapping = get_mapping(model.architecture)
     with atomic_output(out) as tmp:
-        out_dtype = export_shards(megatron_dir, tmp, mapping, cfg,
-                                  dtype=resolve_dtype(dtype, hf_base),
+        out_dtype = export_shards(megatron_dir, tmp, mapping, model.cfg,
+                                  dtype=resolve_dtype(dtype, model.hf_base),
                                   max_shard_bytes=max_shard_bytes, progress=progress)
-        hf_cfg = mapping.hf_config(cfg, base=hf_base, dtype=HF_DTYPE_NAMES[out_dtype])
+        hf_cfg = mapping.hf_config(model.cfg, base=model.hf_base,
+                                   dtype=HF_DTYPE_NAMES[out_dtype])
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
-        hf_io.copy_tokenizer_files(megatron_dir / ASSETS_DIR, tmp)
+        if model.tokenizer_dir is not None:
+            hf_io.copy_tokenizer_files(model.tokenizer_dir, tmp)
     return Path(out)

@@ -15,20 +15,13 @@ import torch
 
 from maestro_megatron.config.schema import ModelConfig
 from maestro_megatron.weights import hf_io
+from maestro_megatron.weights.ckpt_model import key_prefix
 from maestro_megatron.weights.dcp_read import read_boxes, tensor_metadata
 from maestro_megatron.weights.errors import ConversionError
 from maestro_megatron.weights.mapping import DecoderMapping
 from maestro_megatron.weights.units import Unit, hf_shapes, to_hf
 
-_FINAL_NORM = "decoder.final_layernorm.weight"
-
-
-def _key_prefix(meta: dict) -> str:
-    """Prefix of the model keys (``""`` for checkpoints written by megatron-core models)."""
-    for key in meta:
-        if key.endswith(_FINAL_NORM):
-            return key[: -len(_FINAL_NORM)]
-    raise ConversionError(f"no {_FINAL_NORM} in the checkpoint: not a GPT model checkpoint")
+_MODEL_ROOTS = ("embedding.", "decoder.", "output_layer.")
 
 
 def _expected_shape(unit: Unit, cfg: ModelConfig) -> tuple[int, ...]:
@@ -58,6 +51,24 @@ def _check(unit: Unit, meta: dict, prefix: str, cfg: ModelConfig) -> None:
                               f"the model config implies {list(want)}")
 
 
+def _check_all_used(units: list[Unit], meta: dict, prefix: str) -> None:
+    """Every model tensor of the checkpoint goes into the output (no weight is lost)."""
+    used = {prefix + unit.ckpt_key for unit in units}
+    for key in meta:
+        if key.startswith(prefix) and key[len(prefix):].startswith(_MODEL_ROOTS) \
+                and key not in used:
+            raise ConversionError(f"checkpoint tensor {key} has no place in the model the "
+                                  "config describes (it would be lost)")
+
+
+def _check_padding(key: str, full: torch.Tensor, vocab_size: int) -> None:
+    """Rows past the vocabulary are padding, which megatron keeps at zero."""
+    if full.shape[0] > vocab_size and bool(full[vocab_size:].any()):
+        raise ConversionError(
+            f"checkpoint tensor {key}: rows {vocab_size}..{full.shape[0] - 1} are not zero, so "
+            f"they are not vocabulary padding; is the vocabulary size {vocab_size} right?")
+
+
 def _box(unit: Unit, meta: dict, prefix: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(offsets, sizes) of the unit's tensor in its key's global tensor."""
     shape = meta[prefix + unit.ckpt_key][0]
@@ -73,10 +84,11 @@ def export_shards(ckpt: Path, out: Path, mapping: DecoderMapping, cfg: ModelConf
     from tqdm import tqdm
 
     meta = tensor_metadata(ckpt)
-    prefix = _key_prefix(meta)
+    prefix = key_prefix(meta)
     units = mapping.units(cfg)
     for unit in units:
         _check(unit, meta, prefix, cfg)
+    _check_all_used(units, meta, prefix)
     out_dtype = dtype or meta[prefix + units[0].ckpt_key][1]
     item = torch.empty((), dtype=out_dtype).element_size()
     sizes = [sum(item * torch.Size(s).numel() for s in hf_shapes(u, cfg)) for u in units]
@@ -93,6 +105,8 @@ def export_shards(ckpt: Path, out: Path, mapping: DecoderMapping, cfg: ModelConf
             unit = units[i]
             full = loaded[prefix + unit.ckpt_key].pop(0)
             full = full[0] if unit.layer is not None else full
+            if unit.kind == "vocab":
+                _check_padding(prefix + unit.ckpt_key, full, cfg.vocab_size)
             for name, tensor in zip(unit.hf_names, to_hf(unit, full, cfg)):
                 tensors[name] = tensor.to(out_dtype)
             bar.update(1)

@@ -33,33 +33,54 @@ def read_config(path: Path) -> dict:
         raise ConversionError(f"{file} is not valid JSON: {exc}") from None
 
 
+def open_safetensors(path: Path):
+    """``safe_open`` of one file; a torn or foreign file is a ConversionError naming it.
+
+    safetensors checks the header and that the file is as long as the header says
+    (truncation); it stores no checksums, so flipped bits inside tensor data pass.
+    """
+    try:
+        return safe_open(path, framework="pt")
+    except Exception as exc:  # SafetensorError (bad header, short file), OSError
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise ConversionError(f"{path}: not a readable safetensors file ({lines[0]})") from None
+
+
 class HFCheckpoint:
     """Safetensors weights of an HF directory, read one tensor (or slice) at a time.
 
-    Files stay memory-mapped by safetensors; only the requested rows/columns are copied.
+    Every file is opened (its header checked) up front; files stay memory-mapped by
+    safetensors and only the requested rows/columns are copied.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.config = read_config(self.path)
-        self.files = self._weight_map()
         self._handles: dict[str, object] = {}
+        self.files = self._weight_map()
 
     def _weight_map(self) -> dict[str, str]:
         index = self.path / INDEX_NAME
         if index.is_file():
-            weight_map = json.loads(index.read_text()).get("weight_map") or {}
+            try:
+                weight_map = json.loads(index.read_text()).get("weight_map") or {}
+            except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as exc:
+                raise ConversionError(f"{index} is not a valid index ({exc})") from None
             for file in sorted(set(weight_map.values())):
                 if not (self.path / file).is_file():
                     raise ConversionError(f"{index} names shard {file}, which does not exist")
+                self._handles[file] = open_safetensors(self.path / file)
+            for name, file in weight_map.items():
+                if name not in self._handles[file].keys():
+                    raise ConversionError(f"{index} puts {name} in {file}, which lacks it")
             return weight_map
         files = sorted(p.name for p in self.path.glob("*.safetensors"))
         if not files:
             raise ConversionError(f"no *.safetensors weights in {self.path}")
         weight_map = {}
         for file in files:
-            with safe_open(self.path / file, framework="pt") as f:
-                weight_map.update(dict.fromkeys(f.keys(), file))
+            self._handles[file] = open_safetensors(self.path / file)
+            weight_map.update(dict.fromkeys(self._handles[file].keys(), file))
         return weight_map
 
     def names(self) -> set[str]:
@@ -70,8 +91,8 @@ class HFCheckpoint:
         if name not in self.files:
             raise ConversionError(f"tensor {name} not found in {self.path}")
         file = self.files[name]
-        if file not in self._handles:
-            self._handles[file] = safe_open(self.path / file, framework="pt")
+        if file not in self._handles:  # after close()
+            self._handles[file] = open_safetensors(self.path / file)
         return self._handles[file].get_slice(name)
 
     def shape(self, name: str) -> tuple[int, ...]:

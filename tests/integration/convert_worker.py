@@ -7,6 +7,12 @@ pipeline forward on the tokens in REF, gather the logits over TP, and write the 
 |logit difference| against REF's HF logits to ``--out`` (JSON, by NAME). With
 ``--gather-dir``, also gather the live shards into HF tensors (the refit path) and save
 them there as NAME.safetensors.
+
+``--training-run RUN_DIR``: (one process) a run directory as ``maestro train`` leaves it
+at a checkpoint, made by the trainer's own functions from ``recipes/tiny_cpu.yaml`` plus
+``--recipe-override`` items: ``recipe.yaml``, ``tokenizer/``, ``checkpoints/step_00000001``
+(policy after a short warm-up, optimizer state) and ``trainer.pt``, the trainer's
+log-probs of fixed tokens computed by megatron-core from that checkpoint.
 """
 
 from __future__ import annotations
@@ -51,16 +57,64 @@ def pipeline_logits(chunks, tokens: torch.Tensor, groups) -> torch.Tensor | None
     return results[0]["logits"] if groups.is_last_stage else None
 
 
+def training_run(run_dir: Path, overrides: list[str]) -> None:
+    """See the module docstring (``--training-run``)."""
+    import yaml
+
+    from maestro_megatron.config import load_recipe, recipe_to_dict
+    from maestro_megatron.data.packing import pack_sequences
+    from maestro_megatron.megatron.forward import forward_logprobs
+    from maestro_megatron.megatron.optimizer import build_optimizer, ensure_optimizer_state
+    from maestro_megatron.trainer.bootstrap import prepare_models
+    from maestro_megatron.trainer.checkpoint import load_checkpoint, save_checkpoint
+
+    root = Path(__file__).resolve().parents[2]
+    recipe = load_recipe(root / "recipes" / "tiny_cpu.yaml",
+                         ["warmup.num_steps=3", f"run.output_dir={run_dir}", *overrides])
+    run_dir.mkdir(parents=True)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe)))
+    groups = init_distributed(recipe.parallel, recipe.model, seed=recipe.run.seed)
+    models = prepare_models(recipe, run_dir, groups)
+    optimizer, scheduler = build_optimizer(recipe.grpo, recipe.parallel, recipe.precision,
+                                           models.policy, recipe.run.num_steps)
+    ensure_optimizer_state(optimizer)  # the optimizer's keys are in a real checkpoint
+    save_checkpoint(run_dir / "checkpoints", 1, model_chunks=models.policy,
+                    optimizer=optimizer, scheduler=scheduler, groups=groups, scalarizer=None,
+                    extra={})
+    chunks = build_model(models.cfg, recipe.parallel, recipe.precision, pp_rank=0, pp_size=1,
+                         freeze=True)
+    load_checkpoint(run_dir / "checkpoints", model_chunks=chunks, optimizer=None,
+                    scheduler=None, groups=groups, scalarizer=None, load_rng=False)
+    tok = models.tokenizer
+    prompts = [tok("What is 12 + 7?\n")["input_ids"], tok("Tell a story.\n")["input_ids"]]
+    responses = [tok("<think>12 + 7 = 19</think><answer>19</answer>",
+                     add_special_tokens=False)["input_ids"],
+                 tok("<think>a cat</think><answer>A cat slept.</answer>",
+                     add_special_tokens=False)["input_ids"]]
+    batch = pack_sequences(prompts, responses, tok.pad_token_id, models.cfg.seq_length)
+    result = forward_logprobs(chunks, batch, groups, micro_batch_size=1,
+                              vocab_size=models.cfg.vocab_size)
+    torch.save({"tokens": batch.tokens, "mask": batch.response_mask,
+                "logprobs": result.logprobs, "vocab_size": models.cfg.vocab_size},
+               run_dir / "trainer.pt")
+    destroy_distributed()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tp", type=int, required=True)
-    parser.add_argument("--pp", type=int, required=True)
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--pp", type=int, default=1)
+    parser.add_argument("--training-run", type=Path, default=None)
+    parser.add_argument("--recipe-override", nargs="*", default=[])
     parser.add_argument("--convert", nargs="*", default=[])
     parser.add_argument("--check", nargs="*", default=[])
     parser.add_argument("--vocab-multiple", default="128")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--gather-dir", type=Path, default=None)
     args = parser.parse_args()
+    if args.training_run is not None:
+        training_run(args.training_run, args.recipe_override)
+        return
     parallel = ParallelConfig(tensor_parallel=args.tp, pipeline_parallel=args.pp)
     groups = init_distributed(parallel, ModelConfig(num_layers=4))
     for pair in args.convert:

@@ -121,8 +121,25 @@ def _tp_not_dividing(hf_dirs, tmp):
     return ["--hf", str(hf_dirs["llama"]), "--tp", "3"], "--tp 3 does not divide"
 
 
+def _truncated_shard(hf_dirs, tmp):
+    bad = shutil.copytree(hf_dirs["llama"], tmp / "bad")
+    shard = sorted(bad.glob("model-*.safetensors"))[1]
+    os.truncate(shard, shard.stat().st_size - 100)
+    return ["--hf", str(bad)], f"{shard}: not a readable safetensors file"
+
+
+def _corrupt_header(hf_dirs, tmp):
+    bad = shutil.copytree(hf_dirs["qwen2"], tmp / "bad")
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[8:40] = b"\0" * 32  # the JSON header after its 8-byte length
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    return ["--hf", str(bad)], f"{bad / 'model.safetensors'}: not a readable safetensors file"
+
+
 BAD_INPUTS = {"missing-shard": _missing_shard, "unsupported-arch": _unsupported,
-              "shape-mismatch": _shape_mismatch, "tp-not-dividing-heads": _tp_not_dividing}
+              "shape-mismatch": _shape_mismatch, "tp-not-dividing-heads": _tp_not_dividing,
+              "truncated-safetensors": _truncated_shard, "corrupt-safetensors-header":
+              _corrupt_header}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -131,6 +148,54 @@ def test_bad_hf_input_fails_cleanly(hf_dirs, case, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["hf-to-megatron", *args, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def _record(ckpt: Path, key: str):
+    """(file, offset) of ``key``'s first stored record in a torch_dist checkpoint."""
+    from maestro_megatron.weights.dcp_read import read_metadata
+
+    info = next(i for k, i in read_metadata(ckpt).storage_data.items() if k.fqn == key)
+    return ckpt / info.relative_path, info.offset
+
+
+def _truncated_distcp(ckpt: Path):
+    file, _ = _record(ckpt, "decoder.final_layernorm.weight")
+    os.truncate(file, file.stat().st_size // 2)
+    return f"{file}: truncated ({file.stat().st_size} bytes, the checkpoint's index needs"
+
+
+def _damaged_record(ckpt: Path):
+    file, offset = _record(ckpt, "embedding.word_embeddings.weight")
+    data = bytearray(file.read_bytes())
+    data[offset:offset + 64] = b"\xff" * 64  # the record's pickle header; length unchanged
+    file.write_bytes(bytes(data))
+    return f"{file}: damaged, a tensor record does not load"
+
+
+def _missing_distcp(ckpt: Path):
+    file, _ = _record(ckpt, "embedding.word_embeddings.weight")
+    file.unlink()
+    return f"{file}: missing (the checkpoint's index names it)"
+
+
+def _torn_index(ckpt: Path):
+    (ckpt / ".metadata").write_bytes(b"\x80\x04garbage")
+    return f"{ckpt / '.metadata'}: cannot read the checkpoint's index"
+
+
+BAD_MEGATRON = {"truncated-shard": _truncated_distcp, "damaged-record": _damaged_record,
+                "missing-shard": _missing_distcp, "torn-index": _torn_index}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MEGATRON))
+def test_bad_megatron_input_fails_cleanly(megatron_dirs, case, tmp_path, capsys):
+    bad = shutil.copytree(megatron_dirs["llama"], tmp_path / "bad")
+    message = BAD_MEGATRON[case](bad)
+    out = tmp_path / "out"
+    assert main(["megatron-to-hf", "--megatron", str(bad), "--out", str(out),
+                 "--no-progress"]) == 2
+    assert f"error: {message}" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".*partial"))
 
 
@@ -156,6 +221,26 @@ def test_cli_exit_code_in_a_real_process(hf_dirs, tmp_path):
                            "--tp", "3"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert "error: --tp 3 does not divide num_attention_heads=4" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("direction", ["hf-to-megatron", "megatron-to-hf"])
+def test_damaged_file_is_one_line_in_a_real_process(hf_dirs, megatron_dirs, direction,
+                                                     tmp_path):
+    """A truncated input file: exit 2 and one `error:` line naming it, no traceback."""
+    if direction == "hf-to-megatron":
+        args, message = _truncated_shard(hf_dirs, tmp_path)
+    else:
+        bad = shutil.copytree(megatron_dirs["llama"], tmp_path / "bad")
+        args, message = ["--megatron", str(bad)], _truncated_distcp(bad)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_checkpoint.py"),
+                           direction, *args, "--out", str(out)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line
+    assert proc.stderr.startswith(f"error: {message}"), proc.stderr
     assert not out.exists()
 
 
