@@ -40,6 +40,14 @@ def _cmd_check_recipe(args) -> int:
     from maestro_megatron.config import recipe_to_dict
 
     recipe = _load_recipe(args)
+    if args.get is not None:  # one resolved value, for job scripts
+        value = recipe
+        for part in args.get.split("."):
+            if not hasattr(value, part):
+                raise UserError(f"--get {args.get}: no such recipe key")
+            value = getattr(value, part)
+        print(value)
+        return 0
     print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
     return 0
 
@@ -102,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(sub)
     p = sub.add_parser("check-recipe", help="load, validate and print a resolved recipe")
     p.add_argument("recipe")
+    p.add_argument("--get", default=None, metavar="KEY",
+                   help="print only this dotted key's resolved value (e.g. run.output_dir)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.set_defaults(func=_cmd_check_recipe)
     return parser

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+FINISHED = "FINISHED"
+"""Marker written last by a completed run (its content: the number of steps)."""
+
 
 def finish_run(state) -> Path:
     """After the last step: the trained policy as an HF directory (`hf_final/`, for
@@ -34,5 +37,10 @@ def finish_run(state) -> Path:
         plot_conductor_weights(run_dir)
         plot_rewards(run_dir)
         print(format_summary(run_dir), flush=True)  # this rank wrote everything it names
+    _barrier()
+    if groups.rank == 0:  # job scripts never requeue or chain a finished run
+        from maestro_megatron.trainer.outputs import atomic_write_text
+
+        atomic_write_text(run_dir / FINISHED, f"{state.recipe.run.num_steps}\n")
     destroy_distributed()
     return run_dir

@@ -24,7 +24,12 @@ from maestro_megatron.trainer.checkpoint import save_step
 from maestro_megatron.trainer.finish import finish_run
 from maestro_megatron.trainer.rollouts import broadcast_rollouts, collect_rollouts
 from maestro_megatron.trainer.setup import RunState, setup_run
-from maestro_megatron.trainer.signals import child_pids, exit_on_signals, stop_children
+from maestro_megatron.trainer.signals import (
+    StopRequest,
+    child_pids,
+    exit_on_signals,
+    stop_children,
+)
 from maestro_megatron.trainer.steps import (
     forward_step,
     reward_step,
@@ -46,16 +51,26 @@ class Timer:
         self.times[f"timing/{name}"] = time.perf_counter() - start
 
 
-def train(recipe: Recipe) -> Path:
-    """Run the recipe; returns the run directory. SIGTERM, SIGINT and errors stop the
-    rollout engine and every process it started (trainer/signals.py)."""
-    state, before = None, child_pids()
+def train(recipe: Recipe) -> Path | None:
+    """Run the recipe; returns the run directory, or None when a stop was requested
+    (SIGUSR1 / MAESTRO_STOP_FILE: every rank finishes the step, the checkpoint is
+    written, and the job script requeues). SIGTERM, SIGINT and errors stop the rollout
+    engine and every process it started (trainer/signals.py)."""
+    state, before, stop = None, child_pids(), StopRequest()
     with exit_on_signals():
         try:
             state = setup_run(recipe)
             for step in range(state.start_step + 1, recipe.run.num_steps + 1):
-                run_step(state, step)
+                saved = run_step(state, step)
+                if step < recipe.run.num_steps and stop.poll():
+                    if not saved:
+                        save_step(state, step)
+                    if state.groups.rank == 0:
+                        print(f"stopped after step {step} as requested: checkpoint saved; "
+                              "the same command resumes", flush=True)
+                    return None
         finally:
+            stop.close()
             if state is not None:
                 state.writer.close()
                 if state.engine is not None:
@@ -64,8 +79,8 @@ def train(recipe: Recipe) -> Path:
     return finish_run(state)
 
 
-def run_step(state: RunState, step: int) -> None:
-    """One MAESTRO iteration (collective over all ranks)."""
+def run_step(state: RunState, step: int) -> bool:
+    """One MAESTRO iteration (collective over all ranks); True if it saved a checkpoint."""
     recipe, groups, models, g = state.recipe, state.groups, state.models, state.recipe.grpo
     timer, start, metrics = Timer(), time.perf_counter(), {}
     with timer("rollout"):
@@ -108,6 +123,8 @@ def run_step(state: RunState, step: int) -> None:
     run = recipe.run
     if (run.save_every and step % run.save_every == 0) or step == run.num_steps:
         save_step(state, step)
+        return True
+    return False
 
 
 def rollout_step(state: RunState, step: int):

@@ -55,3 +55,34 @@ def stop_children(grace_s: float = 10.0, keep: set[int] = frozenset()) -> list[i
             pass
     psutil.wait_procs(alive, timeout=grace_s)
     return [c.pid for c in alive]
+
+
+class StopRequest:
+    """A graceful stop asked from outside (a scheduler's advance warning before a time
+    limit or preemption): SIGUSR1 to a trainer process, or the file named by
+    MAESTRO_STOP_FILE appearing (the sbatch script creates it when SLURM signals the
+    batch shell, which torchrun would not forward). `poll` is collective: the flag is
+    all-reduced (MAX) over the world at the end of a step, so every rank stops after
+    the same step and they save the checkpoint together (Megatron-LM's
+    --exit-signal-handler does the same)."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self.path = os.environ.get("MAESTRO_STOP_FILE")
+        self._previous = signal.signal(signal.SIGUSR1, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        self.flag = True
+
+    def poll(self, group=None) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        local = self.flag or (self.path is not None and os.path.exists(self.path))
+        value = torch.tensor([1.0 if local else 0.0])
+        if dist.is_initialized() and dist.get_world_size(group) > 1:
+            dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+        return bool(value.item() > 0)
+
+    def close(self) -> None:
+        signal.signal(signal.SIGUSR1, self._previous)

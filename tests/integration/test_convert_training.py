@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from maestro_megatron.weights.cli import main  # noqa: E402
 from maestro_megatron.weights.hf_io import TOKENIZER_FILES, HFCheckpoint  # noqa: E402
+from tests.support.logprobs import max_logprob_gap  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +52,6 @@ def _ckpt(run: Path) -> Path:
 def test_training_checkpoint_converts_whole(run_dir, tmp_path):
     """The README's usage, in a real process: `--config RECIPE` (which leaves the
     vocabulary to the tokenizer); the run's tokenizer is found beside the checkpoint."""
-    from transformers import AutoModelForCausalLM
 
     from maestro_megatron.weights.dcp_read import read_boxes, tensor_metadata
 
@@ -88,14 +88,7 @@ def test_training_checkpoint_converts_whole(run_dir, tmp_path):
     # Logits: transformers on the converted model vs the trainer's log-probs.
     trainer = torch.load(run_dir / "trainer.pt")
     assert trainer["vocab_size"] == VOCAB
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    tokens, mask = trainer["tokens"], trainer["mask"].bool()
-    with torch.no_grad():
-        logp = torch.log_softmax(model(tokens).logits.float(), dim=-1)
-    converted = torch.zeros_like(trainer["logprobs"])
-    converted[:, 1:] = logp[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    assert mask.sum() > 20
-    gap = (converted[mask] - trainer["logprobs"][mask]).abs().max().item()
+    gap = max_logprob_gap(out, trainer)
     assert gap <= 1e-5, gap
 
 

@@ -100,7 +100,8 @@ def test_exported_policy_equals_the_trainers_weights(tiny_run, tmp_path):
     """hf_final in transformers gives the trainer's own log-probs (megatron-core, loaded
     from the last torch_dist checkpoint) on the same tokens."""
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from tests.support.logprobs import max_logprob_gap
 
     run_dir, _ = tiny_run
     out = tmp_path / "trainer.pt"
@@ -110,14 +111,7 @@ def test_exported_policy_equals_the_trainers_weights(tiny_run, tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     trainer = torch.load(out)
-    model = AutoModelForCausalLM.from_pretrained(run_dir / "hf_final").float().eval()
-    tokens, mask = trainer["tokens"], trainer["mask"].bool()
-    with torch.no_grad():
-        logp = torch.log_softmax(model(tokens).logits.float(), dim=-1)
-    hf = torch.zeros_like(trainer["logprobs"])
-    hf[:, 1:] = logp[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    assert mask.sum() > 20
-    gap = (hf[mask] - trainer["logprobs"][mask]).abs().max().item()
+    gap = max_logprob_gap(run_dir / "hf_final", trainer)
     assert gap <= 1e-5, gap
 
 

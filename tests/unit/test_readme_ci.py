@@ -19,3 +19,18 @@ def test_readme_starts_with_two_commands():
 def test_ci_runs_the_readme_test_command():
     test_cmd = _readme_commands()[1]
     assert test_cmd in ROOT.joinpath(".ci/run").read_text()
+
+
+def test_job_scripts_are_shellcheck_clean():
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (tools/setup_test_services.sh installs it)")
+    scripts = sorted(str(p) for p in [*ROOT.glob("slurm/**/*.sh"), *ROOT.glob("slurm/*.sbatch"),
+                                      *ROOT.glob("tools/*.sh"), ROOT / ".ci/run"])
+    assert len(scripts) >= 5
+    proc = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
