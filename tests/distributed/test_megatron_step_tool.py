@@ -16,6 +16,7 @@ def test_megatron_step_tool_tp2_dp2():
                        [str(REPO_ROOT / "recipes" / "tiny_cpu.yaml"),
                         "parallel.tensor_parallel=2", "run.num_steps=2",
                         "conductor.update_every=1", "model.seq_length=32",
+                        "rollout.max_new_tokens=16",
                         "grpo.num_prompts_per_step=4", "grpo.group_size=4",
                         "grpo.micro_batch_size=4"])
     lines = [json.loads(line) for line in out.splitlines() if line.startswith('{"step"')]
