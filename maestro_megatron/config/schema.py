@@ -68,6 +68,9 @@ class ParallelConfig:
     """Megatron sequence parallelism (needs TP > 1 and TE or apex)."""
     use_distributed_optimizer: bool = True
     """Shard optimizer state over data-parallel ranks."""
+    timeout_minutes: int = 30
+    """Collective timeout: a hung collective (a dead rank or engine) fails after this
+    long, its error naming the trainer stage and step, instead of hanging forever."""
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,7 @@ def validate_recipe(recipe: Recipe) -> None:
                 "num_query_groups", "vocab_size", "seq_length"):
         _check(getattr(m, key) >= 1, f"model.{key}", f"must be >= 1, got {getattr(m, key)}")
     check_layout(m, recipe.parallel)
+    _check(recipe.parallel.timeout_minutes >= 1, "parallel.timeout_minutes", "must be >= 1")
     from maestro_megatron.weights.registry import MAPPINGS
 
     _one_of(m.architecture, set(MAPPINGS), "model.architecture")

@@ -39,15 +39,23 @@ from maestro_megatron.trainer.steps import (
 
 
 class Timer:
-    """Wall-clock seconds per named stage: `with timer("rollout"): ...`."""
+    """Wall-clock seconds per named stage: `with timer("rollout"): ...`. An exception
+    raised inside a stage (a dead engine, a collective that timed out) carries a note
+    naming the stage and the step, so the failure says where the job stopped."""
 
-    def __init__(self) -> None:
+    def __init__(self, step: int = 0) -> None:
+        self.step = step
         self.times: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, name: str):
         start = time.perf_counter()
-        yield
+        try:
+            yield
+        except Exception as exc:
+            exc.add_note(f"maestro: raised in stage '{name}' of step {self.step}; the last "
+                         "complete checkpoint is intact and the same command resumes")
+            raise
         self.times[f"timing/{name}"] = time.perf_counter() - start
 
 
@@ -82,7 +90,7 @@ def train(recipe: Recipe) -> Path | None:
 def run_step(state: RunState, step: int) -> bool:
     """One MAESTRO iteration (collective over all ranks); True if it saved a checkpoint."""
     recipe, groups, models, g = state.recipe, state.groups, state.models, state.recipe.grpo
-    timer, start, metrics = Timer(), time.perf_counter(), {}
+    timer, start, metrics = Timer(step), time.perf_counter(), {}
     with timer("rollout"):
         local = rollout_step(state, step)
     with timer("forward"):

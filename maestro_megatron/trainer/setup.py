@@ -118,7 +118,8 @@ def setup_run(recipe: Recipe) -> RunState:
     from maestro_megatron.trainer.outputs import RunWriter
 
     run, g = recipe.run, recipe.grpo
-    groups = init_distributed(recipe.parallel, recipe.model, seed=run.seed)
+    groups = init_distributed(recipe.parallel, recipe.model, seed=run.seed,
+                              timeout_minutes=recipe.parallel.timeout_minutes)
     per_rank = prompts_per_rank(recipe, groups)
     run_dir = Path(run.output_dir)
     check_tokenized_prompts(recipe, run_dir, groups)

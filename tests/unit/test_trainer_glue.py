@@ -270,3 +270,16 @@ def test_a_nonfinite_reward_is_an_error_naming_component_and_sample():
     assert sc.advantages[2:].tolist() == pytest.approx([0.7071, -0.7071], abs=1e-3)
     view, _ = merge_metric_views(("x",), [metric_view(("x",), make_batch(), sc)])
     assert view["reward/nonfinite_skipped"] == 0.25
+
+
+def test_a_failure_names_its_stage_and_step():
+    from maestro_megatron.trainer.loop import Timer
+
+    timer = Timer(step=7)
+    with timer("train"):
+        pass
+    assert "timing/train" in timer.times
+    with pytest.raises(RuntimeError) as info:
+        with timer("rollout"):
+            raise RuntimeError("EngineCore died")
+    assert "stage 'rollout' of step 7" in "\n".join(info.value.__notes__)
