@@ -130,9 +130,26 @@ def explain_records() -> list[dict]:
     return out
 
 
+HELD_OUT_EVERY = 4
+"""Every 4th row of each category is held out (``split: test``): the warm-up and the
+training stream use ``train`` rows only, so evaluation sees prompts never trained on."""
+
+
+def with_splits(records: list[dict]) -> list[dict]:
+    """Add ``split`` (train / test): per category, rows 3, 7, 11, ... are ``test``."""
+    seen: dict[str, int] = {}
+    out = []
+    for r in records:
+        i = seen.get(r["task"], 0)
+        seen[r["task"]] = i + 1
+        out.append({**r, "split": "test" if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+                    else "train"})
+    return out
+
+
 def build_records() -> list[dict]:
     """All rows, in a fixed order (the prompt stream shuffles per epoch)."""
-    return arith_records() + story_records() + explain_records()
+    return with_splits(arith_records() + story_records() + explain_records())
 
 
 def render(records: list[dict]) -> str:

@@ -362,21 +362,27 @@ def describe_splits(data_cfg, split=DEFAULT_SPLIT) -> str:
             f"({len(select_split(records, wanted, str(name)))} rows)")
 
 
-def load_builtin_rows() -> list[dict[str, str]]:
-    """The built-in rows with their SFT ``response`` targets (for the format warm-up)."""
-    return [row for _, row in _jsonl_rows(BUILTIN_PROMPTS)]
+def load_builtin_rows(split: str | None = "train") -> list[dict[str, str]]:
+    """The built-in rows of `split` (None: all) with their SFT ``response`` targets (for
+    the format warm-up). The held-out ``test`` rows are never trained on."""
+    return [row for _, row in _jsonl_rows(BUILTIN_PROMPTS)
+            if split is None or row.get("split") == split]
 
 
 def load_sft_rows(path: str | Path | None = None, *, prompt_key: str = "prompt",
-                  response_key: str = "response") -> list[dict[str, str]]:
+                  response_key: str = "response", split: str | None = "train",
+                  split_key: str = "split") -> list[dict[str, str]]:
     """Supervised warm-up pairs ``{"prompt": ..., "response": ...}`` (plus ``"task"`` when
-    the row has one) from a JSONL / CSV / JSON file (None: the built-in set). Errors
-    name the file, line and key."""
+    the row has one) from a JSONL / CSV / JSON file (None: the built-in set). Rows whose
+    `split_key` names another split than `split` are skipped (rows without one are
+    kept; split None keeps all). Errors name the file, line and key."""
     path, reader = _reader(path, "file")
     rows = []
     for where, row in reader(path):
         if not isinstance(row, dict):
             raise DataError(f"{path}: {where}: expected an object, got {type(row).__name__}")
+        if split is not None and row.get(split_key) not in (None, "", split):
+            continue
         for key in (prompt_key, response_key):
             if key not in row:
                 raise DataError(f"{path}: {where}: missing key {key!r}")
@@ -387,12 +393,13 @@ def load_sft_rows(path: str | Path | None = None, *, prompt_key: str = "prompt",
             pair["task"] = row["task"]
         rows.append(pair)
     if not rows:
-        raise DataError(f"{path}: empty file (no rows)")
+        raise DataError(f"{path}: no rows" + (f" of split {split!r}" if split else ""))
     return rows
 
 
 def builtin_texts() -> list[str]:
-    """Tokenizer corpus of the tiny recipe: every built-in prompt, reference and response."""
+    """Tokenizer corpus of the tiny recipe: every built-in train prompt, reference and
+    response (held-out rows are not seen, as a real tokenizer would not have seen them)."""
     rows = load_builtin_rows()
     return [row[k] for row in rows for k in ("prompt", "reference", "response")]
 

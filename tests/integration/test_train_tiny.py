@@ -71,7 +71,7 @@ def test_outputs_exist(tiny_run):
     # 4 PPO mini-batches per rollout batch: after the first optimizer step the ratios
     # move, so the clip acts (with one optimizer step per batch it never could).
     assert any(r["train/clip_frac"] > 0 for r in rows)
-    assert "data: built-in prompts: 196 rows, all used (no split column)" in log
+    assert "data: built-in prompts: train 147, test 49; using split 'train' (147 rows)" in log
     tasks = json.loads((run_dir / "conductor_weights.jsonl").read_text().splitlines()[-1])
     assert sorted(tasks["weights"]) == ["arith", "explain", "story"]
     for path in ("recipe.yaml", "conductor.pt", "hf_final/config.json",

@@ -36,21 +36,26 @@ def _write_jsonl(path: Path, rows) -> Path:
 
 
 def test_builtin_prompt_set():
-    records = load_data_config(DataConfig())
-    assert len(records) == 196
-    assert Counter(r.task for r in records) == {"arith": 80, "story": 56, "explain": 60}
-    assert records[0] == PromptRecord("What is 0 + 3?", "3", "arith")
-    by_prompt = {r.prompt: r for r in records}
+    everything = load_data_config(DataConfig(split=None))
+    assert len(everything) == 196
+    assert Counter(r.task for r in everything) == {"arith": 80, "story": 56, "explain": 60}
+    records = load_data_config(DataConfig())  # data.split: train
+    held_out = load_data_config(DataConfig(), split="test")
+    assert (len(records), len(held_out)) == (147, 49)
+    assert Counter(r.task for r in held_out) == {"arith": 20, "story": 14, "explain": 15}
+    assert not {r.prompt for r in records} & {r.prompt for r in held_out}
+    assert records[0] == PromptRecord("What is 0 + 3?", "3", "arith", split="train")
+    by_prompt = {r.prompt: r for r in everything}
     assert by_prompt["Why is the sky blue?"].reference == "Air scatters blue light the most."
     assert by_prompt["Write one sentence about a cat in the park."].reference == \
         "The cat sleeps in the park."
-    assert all(r.reference for r in records)
-    assert len(by_prompt) == len(records)  # no duplicate prompts
+    assert all(r.reference for r in everything)
+    assert len(by_prompt) == len(everything)  # no duplicate prompts
 
 
 def test_builtin_responses_follow_the_format_and_answer_the_reference():
     pattern = FmtConfig().pattern
-    rows = load_builtin_rows()
+    rows = load_builtin_rows(split=None)
     for row in rows:
         assert re.fullmatch(pattern, row["response"], flags=re.DOTALL), row
         answer = re.search(r"<answer>(.*?)</answer>", row["response"]).group(1)
@@ -60,7 +65,7 @@ def test_builtin_responses_follow_the_format_and_answer_the_reference():
             assert int(answer) == (int(a) + int(b) if op == "+" else int(a) - int(b))
     # short targets: the tiny model's warm-up must fit in rollout.max_new_tokens = 48
     assert max(len(row["response"].split()) for row in rows) <= 30
-    assert len(builtin_texts()) == 3 * len(rows)
+    assert len(builtin_texts()) == 3 * len(load_builtin_rows())
 
 
 def test_builtin_file_is_what_the_generator_writes():
@@ -73,7 +78,8 @@ def test_builtin_file_is_what_the_generator_writes():
 
 def test_sft_rows(tmp_path):
     rows = load_sft_rows()
-    assert len(rows) == 196 and set(rows[0]) == {"prompt", "response", "task"}
+    assert len(rows) == 147 and set(rows[0]) == {"prompt", "response", "task"}
+    assert {r["prompt"] for r in rows} == {r["prompt"] for r in load_builtin_rows()}
     assert rows[0] == {"prompt": "What is 0 + 3?",
                        "response": "<think>0 plus 3 is 3.</think><answer>3</answer>",
                        "task": "arith"}
