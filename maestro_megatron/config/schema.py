@@ -234,7 +234,8 @@ class ScalarizerConfig:
     """How the reward vector becomes a scalar: a registry name and its options."""
 
     name: str = "conductor"
-    """A scalarizer registry name: conductor | equal | random | single (or your own)."""
+    """A scalarizer registry name: conductor | equal | random | single | dynaopt (or your
+    own)."""
     component: str | None = None
     """For name=single: the one component used (e.g. ppl for NOVER)."""
     dirichlet_alpha: float = 1.0
@@ -268,6 +269,22 @@ class ConductorConfig:
     """After an update: clear | window."""
     window_size: int = 4096
     """For buffer=window: keep the newest this many triples."""
+
+
+@dataclass(frozen=True)
+class DynaoptConfig:
+    """DYNAOPT's stage-level Exp3 bandit (arXiv 2403.13578; scalarizer.name: dynaopt)."""
+
+    stage_steps: int = 10
+    """S: policy steps per stage; the weights move once per stage (DYNAOPT's
+    rl_validation_step: 10)."""
+    gamma: float = 0.07
+    """Exp3's exploration mix and learning rate, in (0, 1] (DYNAOPT's Exp3 default)."""
+    step_size: float = 0.07
+    """eta: the "raise weight k" arm adds eta to log w_k, then renormalises (0.07: the
+    size of DYNAOPT's first raise from equal weights)."""
+    initial_weights: tuple[float, ...] | None = None
+    """w_0 over rewards.components: positive, summing to 1 (None: 1/K each)."""
 
 
 @dataclass(frozen=True)
@@ -377,6 +394,7 @@ class Recipe:
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     scalarizer: ScalarizerConfig = field(default_factory=ScalarizerConfig)
     conductor: ConductorConfig = field(default_factory=ConductorConfig)
+    dynaopt: DynaoptConfig = field(default_factory=DynaoptConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -15,10 +15,12 @@ from maestro_megatron.scalarizers.base import (
     step_uniforms,
 )
 from maestro_megatron.scalarizers.conductor import ConductorScalarizer
+from maestro_megatron.scalarizers.dynaopt import DynaoptScalarizer
 from maestro_megatron.scalarizers.fixed import EqualScalarizer, RandomScalarizer, SingleScalarizer
 from maestro_megatron.scalarizers.step import Scalarized, scalarize_step
 
-__all__ = ["SCALARIZERS", "ConductorScalarizer", "EqualScalarizer", "RandomScalarizer",
+__all__ = ["SCALARIZERS", "ConductorScalarizer", "DynaoptScalarizer", "EqualScalarizer",
+           "RandomScalarizer",
            "ReplicaSync", "Scalarization", "Scalarized", "Scalarizer", "ScalarizerContext",
            "SingleScalarizer", "build_scalarizer", "register_scalarizer", "scalarize_step",
            "step_uniforms"]

@@ -5,6 +5,7 @@ first-step equivalence, and the ablation recipes."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -252,6 +253,88 @@ def test_baseline_recipes_run(name, tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     assert "conductor/policy_entropy" not in rows[0]  # baselines have no Conductor
     assert not (run_dir / "conductor.pt").exists()
+
+
+RISING_REWARD = """
+import sys
+
+import torch
+
+from maestro_megatron.cli import main
+from maestro_megatron.rewards import register_reward
+
+CALLS = [0]
+
+
+@register_reward("rising")
+def rising(batch, options):
+    \"\"\"Improves by construction: the number of the step (1, 2, ...) for every response.\"\"\"
+    CALLS[0] += 1
+    return torch.full((len(batch),), float(CALLS[0]))
+
+
+@register_reward("flat")
+def flat(batch, options):
+    \"\"\"Never changes.\"\"\"
+    return torch.zeros(len(batch))
+
+
+if __name__ == "__main__":  # vLLM's engine process re-imports this file (spawn)
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_dynaopt_one_stage_moves_the_weights_toward_the_improving_component(tmp_path):
+    """DYNAOPT through the real trainer for one stage of 2 steps, components (rising,
+    flat): "rising" is the step number, "flat" is 0, so the stage's improvement is known
+    in advance: step 1 (32 responses at 1) is stage 1's baseline, the stage holds 32 at 1
+    and 32 at 2: pooled sd sqrt(2)/3, z_rising = 0.5 / (sqrt(2)/3) = 1.0607, z_flat = 0,
+    bandit reward r = 0.5303.
+
+    In one stage Exp3 credits the one arm it pulled, drawn from the step's seeded global
+    uniform u before any feedback (arms equally likely): which arm moves the weights is
+    that draw. The test picks the first scalarizer.seed whose step-1 draw is arm 0,
+    "raise rising" (u < 1/3, computed here from the public stream); the run must pull
+    that arm, weight rising by e^0.5 / (e^0.5 + 1) for the stage, and credit it with the
+    improvement (positive r raises that arm's Exp3 probability above 1/3)."""
+    import torch
+
+    from maestro_megatron.scalarizers import step_uniforms
+
+    seed = next(s for s in range(100) if step_uniforms(s, 1, 32, 0, 1)[0] < 1 / 3)
+    script = tmp_path / "rising.py"
+    script.write_text(RISING_REWARD)
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(script), "train",
+                           str(ROOT / "recipes" / "tiny_cpu_dynaopt.yaml"),
+                           "rewards.components=[rising, flat]", f"scalarizer.seed={seed}",
+                           "dynaopt.stage_steps=2", "dynaopt.step_size=0.5",
+                           "warmup.num_steps=0", "grpo.num_minibatches=1",
+                           "grpo.micro_batch_size=8", "run.progress=false", "run.num_steps=2",
+                           f"run.output_dir={run_dir}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    rows = metrics(run_dir)
+    assert [r["reward/rising"] for r in rows] == [1.0, 2.0]  # the construction held
+    assert [r["dynaopt/arm"] for r in rows] == [0.0, 0.0]  # "raise rising", the seeded draw
+    up = math.exp(0.5) / (math.exp(0.5) + 1)
+    for row in rows:  # one vector for every response and task
+        assert row["conductor/weight/arith/rising"] == pytest.approx(up)
+        assert row["conductor/weight/story/flat"] == pytest.approx(1 - up)
+    r = 0.5 / (math.sqrt(2) / 3) / 2
+    assert "dynaopt/bandit_reward" not in rows[0]  # the stage ends at step 2
+    assert rows[1]["dynaopt/bandit_reward"] == pytest.approx(r)
+    assert rows[1]["dynaopt/improvement/rising"] == pytest.approx(2 * r)
+    assert rows[1]["dynaopt/improvement/flat"] == 0.0
+    boost = math.exp(0.07 * r)  # L_0 += gamma (r / (1/3)) / 3
+    assert rows[1]["dynaopt/arm_prob/rising"] == pytest.approx(
+        0.93 * boost / (boost + 2) + 0.07 / 3)
+    assert rows[1]["dynaopt/arm_prob/rising"] > 1 / 3 > rows[1]["dynaopt/arm_prob/flat"]
+    state = torch.load(run_dir / "checkpoints" / "step_00000002" / "scalarizer" /
+                       "dp_00000.pt", weights_only=False)["state"]
+    assert state["arm_log_weights"].tolist() == pytest.approx([0.07 * r, 0.0, 0.0])
+    assert state["theta"].softmax(0).tolist() == pytest.approx([up, 1 - up])
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")))
