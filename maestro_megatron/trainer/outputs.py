@@ -4,6 +4,7 @@
       recipe.yaml               the resolved recipe (written atomically)
       metrics.jsonl             one {"step", "time", **metrics} object per step
       conductor_weights.jsonl   one {"step", "time", "components", "weights"} per log
+      rollouts.jsonl            with run.log_rollouts: one object per response per step
       tb/                       TensorBoard scalars under their namespaced names
 
 Only the logging rank writes (``enabled=True``); elsewhere every method is a no-op.
@@ -27,6 +28,7 @@ from maestro_megatron.errors import RunDirError
 
 METRICS_FILE = "metrics.jsonl"
 WEIGHTS_FILE = "conductor_weights.jsonl"
+ROLLOUTS_FILE = "rollouts.jsonl"
 RECIPE_FILE = "recipe.yaml"
 TB_DIR = "tb"
 PROGRESS_KEYS = ("reward/scalar", "train/loss", "train/kl", "conductor/entropy")
@@ -63,19 +65,19 @@ class RunWriter:
                  start_step: int = 0, progress: bool = True, overwrite: bool = False):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
-        self._metrics = self._weights = self._tb = self._bar = None
+        self._metrics = self._weights = self._tb = self._bar = self._rollouts = None
         if not enabled:
             return
         if start_step == 0:
             self.check_fresh_start(self.run_dir, overwrite=overwrite)
-            for name in (METRICS_FILE, WEIGHTS_FILE):
+            for name in (METRICS_FILE, WEIGHTS_FILE, ROLLOUTS_FILE):
                 (self.run_dir / name).unlink(missing_ok=True)
             shutil.rmtree(self.run_dir / TB_DIR, ignore_errors=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / RECIPE_FILE,
                           yaml.safe_dump(recipe_dict, sort_keys=False))
         if start_step > 0:
-            for name in (METRICS_FILE, WEIGHTS_FILE):
+            for name in (METRICS_FILE, WEIGHTS_FILE, ROLLOUTS_FILE):
                 _truncate_after(self.run_dir / name, start_step)
         self._metrics = open(self.run_dir / METRICS_FILE, "a")
         self._weights = open(self.run_dir / WEIGHTS_FILE, "a")
@@ -139,13 +141,22 @@ class RunWriter:
             for name, value in zip(components, w):
                 self._tb.add_scalar(f"conductor_weight/{task}/{name}", value, global_step=step)
 
+    def log_rollouts(self, step: int, records: list[dict]) -> None:
+        """Append one {"step", **record} line per response (run.log_rollouts)."""
+        if not self.enabled:
+            return
+        if self._rollouts is None:
+            self._rollouts = open(self.run_dir / ROLLOUTS_FILE, "a")
+        self._rollouts.write("".join(json.dumps({"step": step, **r}) + "\n" for r in records))
+        self._rollouts.flush()
+
     def close(self) -> None:
         if not self.enabled:
             return
-        for handle in (self._metrics, self._weights, self._tb, self._bar):
+        for handle in (self._metrics, self._weights, self._tb, self._bar, self._rollouts):
             if handle is not None:
                 handle.close()
-        self._metrics = self._weights = self._tb = self._bar = None
+        self._metrics = self._weights = self._tb = self._bar = self._rollouts = None
         self.enabled = False
 
     def __enter__(self) -> RunWriter:
@@ -190,6 +201,11 @@ def _truncate_after(path: Path, step: int) -> None:
 def read_metrics(run_dir: Path) -> list[dict]:
     """The per-step metric records of a run, in order."""
     return _read_jsonl(Path(run_dir) / METRICS_FILE, "metrics")
+
+
+def read_rollouts(run_dir: Path) -> list[dict]:
+    """The per-response records of a run with run.log_rollouts (see `rollout_records`)."""
+    return _read_jsonl(Path(run_dir) / ROLLOUTS_FILE, "rollout records")
 
 
 def read_conductor_weights(run_dir: Path) -> list[dict]:

@@ -11,6 +11,7 @@ from maestro_megatron.trainer.outputs import (
     RunWriter,
     read_conductor_weights,
     read_metrics,
+    read_rollouts,
 )
 from maestro_megatron.trainer.plots import (
     conductor_weights_figure,
@@ -33,6 +34,7 @@ def _write_run(run_dir, steps=4, start_step=0):
             w = [0.2 + 0.01 * step, 0.2, 0.2, 0.2, 0.2 - 0.01 * step]
             writer.log_conductor_weights(step, {"math": w, "code": w[::-1], "chat": w},
                                          COMPONENTS)
+            writer.log_rollouts(step, [{"sample": i, "run": start_step} for i in range(2)])
 
 
 def _scalars(run_dir, tag):
@@ -77,6 +79,10 @@ def test_resume_drops_steps_after_the_checkpoint(tmp_path):
     _write_run(tmp_path, steps=5, start_step=2)  # resumed from the step-2 checkpoint
     assert [m["step"] for m in read_metrics(tmp_path)] == [1, 2, 3, 4, 5]
     assert [r["step"] for r in read_conductor_weights(tmp_path)] == [1, 2, 3, 4, 5]
+    rollouts = read_rollouts(tmp_path)  # run.log_rollouts: one line per response
+    assert [(r["step"], r["sample"], r["run"]) for r in rollouts] == [
+        (1, 0, 0), (1, 1, 0), (2, 0, 0), (2, 1, 0),
+        (3, 0, 2), (3, 1, 2), (4, 0, 2), (4, 1, 2), (5, 0, 2), (5, 1, 2)]
     assert [s for s, _ in _scalars(tmp_path, "reward/ppl")] == [1, 2, 3, 4, 5]  # purged
 
 
