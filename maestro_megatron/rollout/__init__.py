@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from maestro_megatron.rollout.base import (
     DEFAULT_BUCKET_BYTES,
+    EngineDiedError,
     EngineFeatureUnsupported,
     Response,
     RolloutEngine,
@@ -34,7 +35,8 @@ def build_engine(name: str, model: str, **kwargs) -> RolloutEngine:
 
 
 __all__ = [
-    "DEFAULT_BUCKET_BYTES", "ENGINES", "EngineFeatureUnsupported", "RefitStats", "Response",
-    "RolloutEngine", "RolloutGroup", "SamplingConfig", "VLLMEngine", "build_engine",
+    "DEFAULT_BUCKET_BYTES", "ENGINES", "EngineDiedError", "EngineFeatureUnsupported",
+    "RefitStats", "Response", "RolloutEngine", "RolloutGroup", "SamplingConfig", "VLLMEngine",
+    "build_engine",
     "iter_buckets", "refit_engine", "refit_policy", "serialize_bucket", "verify_refit",
 ]

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from maestro_megatron.errors import UserError
+
 if TYPE_CHECKING:
     from maestro_megatron.config.schema import RolloutConfig
 
@@ -25,6 +27,12 @@ DEFAULT_BUCKET_BYTES = 512 * 1024 * 1024
 
 class EngineFeatureUnsupported(NotImplementedError):
     """The engine (or the platform it runs on) cannot do this; nothing was done."""
+
+
+class EngineDiedError(UserError):
+    """The engine's process died under a call (killed, out of memory, a crashed worker).
+    Not a bug in this process and not recoverable within the run: the CLI prints it as
+    one line and exits 2 (like a user error); the last complete checkpoint resumes."""
 
 
 @dataclass(frozen=True)

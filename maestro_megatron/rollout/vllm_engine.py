@@ -17,6 +17,7 @@ import torch
 
 from maestro_megatron.logs import is_verbose
 from maestro_megatron.rollout.base import (
+    EngineDiedError,
     EngineFeatureUnsupported,
     Prompts,
     Response,
@@ -24,6 +25,8 @@ from maestro_megatron.rollout.base import (
     RolloutGroup,
     SamplingConfig,
 )
+from maestro_megatron.rollout.engine_guard import guard_engine_processes, stop_guard
+from maestro_megatron.rollout.engine_watch import EngineWatch
 from maestro_megatron.rollout.vllm_logging import quiet_vllm_logs
 
 WORKER_EXTENSION = "maestro_megatron.rollout.vllm_worker.RefitWorkerExtension"
@@ -55,6 +58,22 @@ def _quiet_engine_processes():
     finally:
         if old is None:
             os.environ.pop("TORCH_CPP_LOG_LEVEL", None)
+
+
+@contextlib.contextmanager
+def _engine_alive(call: str, watch: EngineWatch | None):
+    """vLLM's EngineDeadError (its engine process died) as one clear EngineDiedError."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    try:
+        yield
+    except EngineDeadError:
+        cause = watch.cause if watch is not None and watch.cause else \
+            "killed, out of memory or crashed"
+        raise EngineDiedError(
+            f"the vLLM engine process died during {call} ({cause}; its log above may say "
+            "why); the run stopped: the last complete checkpoint is intact and the same "
+            "command resumes from it") from None
 
 
 class VLLMEngine(RolloutEngine):
@@ -94,6 +113,8 @@ class VLLMEngine(RolloutEngine):
         from vllm.platforms import current_platform
 
         self._llm = None
+        self._watch: EngineWatch | None = None
+        self._guard = None
         self.is_cpu = current_platform.is_cpu()
         if enable_sleep_mode and not current_platform.is_sleep_mode_available():
             raise EngineFeatureUnsupported(
@@ -118,8 +139,11 @@ class VLLMEngine(RolloutEngine):
         if not verbose:
             kwargs["use_tqdm_on_load"] = False
         kwargs.update(engine_kwargs or {})
-        with contextlib.nullcontext() if verbose else _quiet_engine_processes():
+        # guarded: the engine's processes die with this one, even by SIGKILL
+        with contextlib.nullcontext() if verbose else _quiet_engine_processes(), \
+                guard_engine_processes() as self._guard:
             self._llm = LLM(**kwargs)
+        self._watch = EngineWatch(self._llm)  # a dead engine raises instead of hanging
         self.supports_sleep = bool(enable_sleep_mode)
 
     @property
@@ -146,7 +170,9 @@ class VLLMEngine(RolloutEngine):
                 seed=None if sampling.seed is None else prompt_seed(sampling.seed, first_index + i))
             for i in range(len(prompts))
         ]
-        outputs = self.llm.generate([self._prompt(p) for p in prompts], params, use_tqdm=False)
+        with _engine_alive("generate", self._watch):
+            outputs = self.llm.generate([self._prompt(p) for p in prompts], params,
+                                        use_tqdm=False)
         return [self._group(out, n) for out in outputs]
 
     @staticmethod
@@ -173,8 +199,9 @@ class VLLMEngine(RolloutEngine):
                 raise ValueError(f"prompt_len {plen} outside [1, {len(ids)}]")
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0,
                                 detokenize=False)
-        outputs = self.llm.generate([self._prompt(ids) for ids in token_ids], params,
-                                    use_tqdm=False)
+        with _engine_alive("score_sequences", self._watch):
+            outputs = self.llm.generate([self._prompt(ids) for ids in token_ids], params,
+                                        use_tqdm=False)
         result = []
         for ids, plen, out in zip(token_ids, prompt_lens, outputs):
             plps = out.prompt_logprobs  # [L], entry 0 is None (no context)
@@ -183,14 +210,17 @@ class VLLMEngine(RolloutEngine):
         return result
 
     def load_serialized_bucket(self, blob: bytes) -> int:
-        counts = self.llm.collective_rpc("maestro_load_bucket", args=(blob,))
+        with _engine_alive("refit", self._watch):
+            counts = self.llm.collective_rpc("maestro_load_bucket", args=(blob,))
         if len(set(counts)) != 1:
             raise RuntimeError(f"workers loaded different tensor counts: {counts}")
         return counts[0]
 
     def finish_refit(self) -> None:
         # Cached prefixes hold KV computed with the old weights.
-        if not self.llm.reset_prefix_cache():
+        with _engine_alive("refit", self._watch):
+            reset = self.llm.reset_prefix_cache()
+        if not reset:
             raise RuntimeError("vLLM refused to reset its prefix cache (requests running)")
 
     def sleep(self, level: int = 1) -> None:
@@ -207,5 +237,8 @@ class VLLMEngine(RolloutEngine):
         llm, self._llm = self._llm, None
         if llm is None:
             return
+        if self._watch is not None:
+            self._watch.close()
         # Stops the engine-core process now instead of at garbage collection.
         llm.llm_engine.engine_core.shutdown()
+        stop_guard(self._guard)

@@ -49,6 +49,7 @@ from maestro_megatron.errors import CheckpointError
 from maestro_megatron.megatron.model import unwrap_model
 from maestro_megatron.megatron.optimizer import ensure_optimizer_state, restore_adam_steps
 from maestro_megatron.megatron.parallel import ParallelGroups
+from maestro_megatron.trainer.faults import fault_point
 from maestro_megatron.trainer.outputs import atomic_write_text
 
 LATEST = "latest"
@@ -308,6 +309,7 @@ def save_checkpoint(ckpt_root: Path, step: int, *, model_chunks, optimizer, sche
     # save's collectives only after rank 0's check, so the folders below come later.
     dist_checkpointing.save(sharded, str(tmp),
                             content_metadata={"format": FORMAT, "sharding_type": sharding_type})
+    fault_point("checkpoint_write")  # testing hook (MAESTRO_FAULT): a torn temp directory
     (tmp / "rng").mkdir(exist_ok=True)  # every rank: no extra collective, same contents
     (tmp / SCALARIZER_DIR).mkdir(exist_ok=True)
     torch.save(_rng_state(generators), tmp / "rng" / f"rank_{groups.rank:05d}.pt")
@@ -332,6 +334,7 @@ def save_checkpoint(ckpt_root: Path, step: int, *, model_chunks, optimizer, sche
         os.replace(tmp, final)
         _fsync_dir(ckpt_root)
         atomic_write_text(ckpt_root / LATEST, name + "\n")
+        fault_point("after_latest")
     dist.barrier()
     return final
 

@@ -21,6 +21,7 @@ from maestro_megatron.megatron.train_step import grpo_train_step
 from maestro_megatron.rollout import SamplingConfig, refit_policy
 from maestro_megatron.scalarizers import step_uniforms
 from maestro_megatron.trainer.checkpoint import save_step
+from maestro_megatron.trainer.faults import enter_step, fault_point
 from maestro_megatron.trainer.finish import finish_run
 from maestro_megatron.trainer.rollouts import broadcast_rollouts, collect_rollouts
 from maestro_megatron.trainer.setup import RunState, setup_run
@@ -91,6 +92,7 @@ def run_step(state: RunState, step: int) -> bool:
     """One MAESTRO iteration (collective over all ranks); True if it saved a checkpoint."""
     recipe, groups, models, g = state.recipe, state.groups, state.models, state.recipe.grpo
     timer, start, metrics = Timer(step), time.perf_counter(), {}
+    enter_step(step)  # the step MAESTRO_FAULT's testing hooks compare (trainer/faults.py)
     with timer("rollout"):
         local = rollout_step(state, step)
     with timer("forward"):
@@ -120,6 +122,7 @@ def run_step(state: RunState, step: int) -> bool:
             state.scalarizer.observe(sc.context, sc.used, sc.advantages)
             metrics.update(state.scalarizer.update(step, state.sync))
     with timer("refit"):
+        fault_point("refit")
         metrics.update(refit_policy(state.engine, models.policy, models.cfg, groups,
                                     recipe.rollout.refit_bucket_mb * 1024 * 1024,
                                     all_replicas=recipe.rollout.placement == "replica"))
@@ -149,9 +152,11 @@ def rollout_step(state: RunState, step: int):
     batch = None
     if state.engine is not None:
         sampling = SamplingConfig.from_rollout(recipe.rollout, seed=recipe.run.seed + step)
+        fault_point("engine")
         batch = collect_rollouts(state.engine, prompts, state.models.tokenizer, sampling,
                                  recipe.grpo.group_size, recipe.data,
                                  first_index=first if replica else 0)
+        fault_point("rollout")
     if replica:
         return broadcast_rollouts(batch, src=dist.get_global_rank(groups.mp, 0),
                                   group=groups.mp)
@@ -175,10 +180,14 @@ def train_step(state: RunState, fwd, sc, truncated: list[bool]) -> dict[str, flo
     parts = [None] if g.num_minibatches == 1 else minibatch_rows(
         state.prompts_per_rank, g.group_size, g.num_minibatches,
         state.groups.dp_rank * state.prompts_per_rank)
-    steps = [grpo_train_step(state.models.policy, state.optimizer, state.scheduler,
-                             batch if part is None else batch.rows(part), g, state.groups,
-                             vocab_size=state.models.cfg.vocab_size)
-             for _ in range(g.ppo_epochs) for part in parts]
+    steps = []
+    for _ in range(g.ppo_epochs):
+        for part in parts:
+            steps.append(grpo_train_step(state.models.policy, state.optimizer,
+                                         state.scheduler,
+                                         batch if part is None else batch.rows(part), g,
+                                         state.groups, vocab_size=state.models.cfg.vocab_size))
+            fault_point("train")  # MAESTRO_FAULT=train@N dies after the first one
     metrics = {k: sum(m[k] for m in steps) / len(steps) for k in steps[0]}
     metrics["train/lr"] = steps[-1]["train/lr"]
     if g.mask_truncated:
