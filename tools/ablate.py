@@ -75,8 +75,11 @@ def train_start(out: Path, seed: int) -> Path:
     return run / "hf_warmup"
 
 
-def train_method(out: Path, method: str, seed: int, steps: int, start: Path) -> Path:
-    run = out / method / f"seed_{seed}"
+def train_method(out: Path, method: str, seed: int, steps: int, start: Path,
+                 overrides: tuple[str, ...] = (), tag: str | None = None) -> Path:
+    """Train `method` from the seed's warm-up; `overrides` (key=value) after the
+    recipe's, the run named `tag` (default: the method)."""
+    run = out / (tag or method) / f"seed_{seed}"
     if (run / "FINISHED").exists():
         return run
     recipe, extra = METHODS[method]
@@ -84,7 +87,7 @@ def train_method(out: Path, method: str, seed: int, steps: int, start: Path) -> 
         "train", recipe, f"model.hf_path={start}", "warmup.num_steps=0",
         f"run.seed={seed}", f"scalarizer.seed={seed}", f"run.num_steps={steps}",
         f"run.output_dir={run}", "run.overwrite=true", "run.progress=false",
-        "run.log_rollouts=true", *extra), run.with_suffix(".log"))
+        "run.log_rollouts=true", *extra, *overrides), run.with_suffix(".log"))
     (run / "wall_seconds").write_text(f"{seconds:.1f}\n")
     return run
 

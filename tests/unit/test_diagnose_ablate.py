@@ -100,3 +100,14 @@ def test_ablate_reads_eval_summaries_and_tabulates_mean_and_std(tmp_path):
     ablate.write_readme(readme, "new table")
     assert readme.read_text() == (f"top\n{ablate.README_BEGIN}\nnew table\n"
                                   f"{ablate.README_END}\nbottom\n")
+
+
+def test_sweep_grid_expands_every_combination_and_names_bad_specs(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    sweep = _tool("sweep")
+    grid = sweep.parse_grid(["conductor.lr=1e-3,3e-3", "grpo.lr=1e-4"])
+    assert grid == [("conductor.lr", ["1e-3", "3e-3"]), ("grpo.lr", ["1e-4"])]
+    assert sweep.settings(grid) == [("conductor.lr=1e-3", "grpo.lr=1e-4"),
+                                    ("conductor.lr=3e-3", "grpo.lr=1e-4")]
+    with pytest.raises(SystemExit, match="'conductor.lr': expected key=v1,v2"):
+        sweep.parse_grid(["conductor.lr"])
