@@ -357,9 +357,29 @@ class WarmupConfig:
 
 
 @dataclass(frozen=True)
+class SftConfig:
+    """The SFT baseline (run.algorithm: sft): supervised fine-tuning on the data's train
+    split, run.num_steps optimizer steps (maestro_megatron/trainer/sft.py)."""
+
+    lr: float = 1e-5
+    """Learning rate (constant)."""
+    batch_size: int = 16
+    """Sequences per optimizer step (global; splits over data-parallel ranks)."""
+    response_key: str = "response"
+    """Column with a row's target response; a row without one is trained on its
+    reference wrapped in answer_template."""
+    answer_template: str = "<think></think><answer>{reference}</answer>"
+    """Target of a row without a response: the reference in the answer format the
+    rewards expect (rewards.fmt.pattern)."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Run-level settings."""
 
+    algorithm: str = "grpo"
+    """grpo (MAESTRO and the RL baselines) | sft (the SFT baseline: supervised
+    fine-tuning on the train split's targets, no rollouts or rewards; see `sft:`)."""
     seed: int = 1234
     """Global seed."""
     num_steps: int = 10
@@ -397,5 +417,6 @@ class Recipe:
     dynaopt: DynaoptConfig = field(default_factory=DynaoptConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)

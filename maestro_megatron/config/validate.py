@@ -161,3 +161,11 @@ def validate_recipe(recipe: Recipe) -> None:
     _check(recipe.run.num_steps >= 1, "run.num_steps", f"must be >= 1, got {recipe.run.num_steps}")
     _one_of(r.on_nonfinite, {"error", "skip"}, "rewards.on_nonfinite")
     _check(recipe.run.keep_checkpoints >= 1, "run.keep_checkpoints", "must be >= 1")
+    _one_of(recipe.run.algorithm, {"grpo", "sft"}, "run.algorithm")
+    if recipe.run.algorithm == "sft":
+        _check(recipe.warmup.num_steps == 0, "warmup.num_steps", "must be 0 with "
+               "run.algorithm=sft (the run is itself supervised: set its steps in run.num_steps)")
+        _check(recipe.sft.lr > 0.0, "sft.lr", f"must be > 0, got {recipe.sft.lr}")
+        _check(recipe.sft.batch_size >= 1, "sft.batch_size", "must be >= 1")
+        _check("{reference}" in recipe.sft.answer_template, "sft.answer_template",
+               "must contain {reference}")

@@ -64,7 +64,12 @@ def train(recipe: Recipe) -> Path | None:
     """Run the recipe; returns the run directory, or None when a stop was requested
     (SIGUSR1 / MAESTRO_STOP_FILE: every rank finishes the step, the checkpoint is
     written, and the job script requeues). SIGTERM, SIGINT and errors stop the rollout
-    engine and every process it started (trainer/signals.py)."""
+    engine and every process it started (trainer/signals.py). run.algorithm sft runs
+    the SFT baseline instead (trainer/sft.py: no rollouts, rewards or scalarizer)."""
+    if recipe.run.algorithm == "sft":
+        from maestro_megatron.trainer.sft import train_sft
+
+        return train_sft(recipe)
     state, before, stop = None, child_pids(), StopRequest()
     with exit_on_signals():
         try:
