@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -201,8 +202,11 @@ class RewardError(UserError, ValueError):
     """A reward component returned NaN/inf or raised (rewards.on_nonfinite: error)."""
 
 
-def compute_rewards(batch: RewardBatch, components: tuple[str, ...], options) -> torch.Tensor:
+def compute_rewards(batch: RewardBatch, components: tuple[str, ...], options,
+                    times: dict[str, float] | None = None) -> torch.Tensor:
     """Stack the named components: -> r [B, K]. options: RewardsConfig (per-name fields).
+    times: when given, each component's wall-clock seconds go to
+    times["timing/reward/<name>"] (the step's metrics), to see which one costs.
 
     A component that raises or returns NaN/inf is a `RewardError` naming it and the
     first bad response, unless options.on_nonfinite is "skip": then the bad entries
@@ -214,6 +218,7 @@ def compute_rewards(batch: RewardBatch, components: tuple[str, ...], options) ->
     for name in components:
         if name not in REWARDS:
             raise KeyError(f"reward {name!r} is not registered (known: {sorted(REWARDS)})")
+        start = time.perf_counter()
         try:
             column = REWARDS[name].fn(batch, getattr(options, name, None)).float()
         except (ValueError, RuntimeError, OSError) as exc:
@@ -221,6 +226,8 @@ def compute_rewards(batch: RewardBatch, components: tuple[str, ...], options) ->
                 raise RewardError(f"reward {name!r} failed: {exc} (rewards.on_nonfinite: "
                                   "skip would count and skip the batch)") from exc
             column = torch.full((len(batch),), float("nan"))
+        if times is not None:
+            times[f"timing/reward/{name}"] = time.perf_counter() - start
         bad = (~torch.isfinite(column)).nonzero().flatten()
         if bad.numel() and not skip:
             i = int(bad[0])

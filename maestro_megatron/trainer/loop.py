@@ -101,11 +101,14 @@ def run_step(state: RunState, step: int) -> bool:
     with timer("rollout"):
         local = rollout_step(state, step)
     with timer("forward"):
-        fwd = forward_step(models, local, recipe, groups, models.tokenizer.pad_token_id)
+        fwd = forward_step(models, local, recipe, groups, models.tokenizer.pad_token_id,
+                           times=timer.times)
     sc = None
     if groups.is_last_stage:
         with timer("rewards"):
-            rewards = reward_step(recipe, local, fwd, state.scorer, models.cfg.vocab_size)
+            rewards = reward_step(recipe, local, fwd, state.scorer, models.cfg.vocab_size,
+                                  times=timer.times)
+        with timer("scalarize"):  # the scalarizer's weights, R and advantages
             sc = scalarize_step(
                 state.scalarizer, rewards, logprobs=fwd.policy.logprobs,
                 ref_logprobs=fwd.reference.logprobs, response_mask=fwd.sequences.response_mask,
@@ -118,6 +121,7 @@ def run_step(state: RunState, step: int) -> bool:
                 task_ids=torch.tensor([state.task_index[t]
                                        for t in local.per_response(local.tasks)]),
                 reduce_sum=state.sync.sum_over_dp)
+        with timer("metrics"):
             step_stats, task_weights = step_metrics(recipe, local, sc, fwd, groups)
             metrics.update(step_stats)
     with timer("train"):

@@ -7,6 +7,8 @@ logprobs, entropies and h live; each data-parallel rank handles whole groups.
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -43,26 +45,42 @@ class Forwards:
     """r_ppl's view (reference mask, trimmed / skipped rows); None without a proxy."""
 
 
+@contextmanager
+def timed(times: dict[str, float] | None, name: str):
+    """times["timing/<name>"] = the block's wall-clock seconds (nothing when None): the
+    sub-stage timings the benchmarks read from metrics.jsonl (bench/step_anatomy.py)."""
+    start = time.perf_counter()
+    yield
+    if times is not None:
+        times[f"timing/{name}"] = time.perf_counter() - start
+
+
 def forward_step(models, local: RolloutBatch, recipe: Recipe, groups: ParallelGroups,
-                 pad_id: int) -> Forwards:
-    """Policy (old logprobs, entropy, h), reference (KL), and the r_ppl proxy forward."""
+                 pad_id: int, times: dict[str, float] | None = None) -> Forwards:
+    """Policy (old logprobs, entropy, h), reference (KL), and the r_ppl proxy forward;
+    times: see `timed` (forward/policy, forward/reference, forward/proxy)."""
     seq_len, vocab = models.cfg.seq_length, models.cfg.vocab_size
     kw = dict(micro_batch_size=recipe.grpo.micro_batch_size, vocab_size=vocab)
     sequences = response_sequences(local, pad_id, seq_len)
-    policy = forward_logprobs(models.policy, sequences, groups, **kw)
-    reference = forward_logprobs(models.reference, sequences, groups, **kw)
+    with timed(times, "forward/policy"):
+        policy = forward_logprobs(models.policy, sequences, groups, **kw)
+    with timed(times, "forward/reference"):
+        reference = forward_logprobs(models.reference, sequences, groups, **kw)
     proxy = answers = None
     if NEEDS_PROXY in reward_needs(recipe.rewards.components):
-        answers = answer_sequences(local, models.tokenizer, pad_id, seq_len,
-                                   recipe.rewards.ppl.answer_pattern)
-        proxy_model = models.policy if recipe.rewards.ppl.proxy == "policy" else models.reference
-        proxy = forward_logprobs(proxy_model, answers.sequences, groups, **kw)
+        with timed(times, "forward/proxy"):
+            answers = answer_sequences(local, models.tokenizer, pad_id, seq_len,
+                                       recipe.rewards.ppl.answer_pattern)
+            proxy_model = (models.policy if recipe.rewards.ppl.proxy == "policy"
+                           else models.reference)
+            proxy = forward_logprobs(proxy_model, answers.sequences, groups, **kw)
     return Forwards(sequences, policy, reference, proxy, answers)
 
 
 def reward_step(recipe: Recipe, local: RolloutBatch, fwd: Forwards, scorer,
-                vocab_size: int) -> torch.Tensor:
-    """The K reward components of each response: -> r [B, K] (last stage only)."""
+                vocab_size: int, times: dict[str, float] | None = None) -> torch.Tensor:
+    """The K reward components of each response: -> r [B, K] (last stage only);
+    times: each component's seconds as timing/reward/<name>."""
     batch = RewardBatch(
         prompts=local.per_response(local.prompts), responses=local.response_texts,
         references=local.per_response(local.references),
@@ -75,7 +93,7 @@ def reward_step(recipe: Recipe, local: RolloutBatch, fwd: Forwards, scorer,
         reasoning_tokens=None if fwd.answers is None else fwd.answers.reasoning_tokens,
         proxy_response_logprobs=fwd.reference.logprobs, pref_scorer=scorer,
         policy_logprobs=fwd.policy.logprobs, group_size=local.group_size)
-    return compute_rewards(batch, recipe.rewards.components, recipe.rewards)
+    return compute_rewards(batch, recipe.rewards.components, recipe.rewards, times=times)
 
 
 MetricView = tuple[dict[str, float], dict[str, tuple[list[float], int, float]], int]
@@ -164,3 +182,4 @@ def step_metrics(recipe: Recipe, local: RolloutBatch, sc: Scalarized, fwd: Forwa
         local_view, parts = parts[0], [None] * groups.dp_size
         dist.all_gather_object(parts, local_view, group=groups.dp)
     return merge_metric_views(names, parts)
+
