@@ -25,7 +25,7 @@ from maestro_megatron.rollout.base import (
     RolloutGroup,
     SamplingConfig,
 )
-from maestro_megatron.rollout.engine_guard import guard_engine_processes, stop_guard
+from maestro_megatron.rollout.engine_guard import guard_processes, stop_guard
 from maestro_megatron.rollout.engine_watch import EngineWatch
 from maestro_megatron.rollout.vllm_logging import quiet_vllm_logs
 
@@ -141,7 +141,7 @@ class VLLMEngine(RolloutEngine):
         kwargs.update(engine_kwargs or {})
         # guarded: the engine's processes die with this one, even by SIGKILL
         with contextlib.nullcontext() if verbose else _quiet_engine_processes(), \
-                guard_engine_processes() as self._guard:
+                guard_processes() as self._guard:
             self._llm = LLM(**kwargs)
         self._watch = EngineWatch(self._llm)  # a dead engine raises instead of hanging
         self.supports_sleep = bool(enable_sleep_mode)

@@ -62,14 +62,14 @@ def fault_point(point: str, step: int | None = None) -> None:
 
 
 def _kill_engine_processes() -> None:
-    """SIGKILL every vLLM process this process started (the engine core and its workers;
-    the multiprocessing resource tracker and the engine's guard are left alone)."""
+    """SIGKILL the vLLM processes this process started (the engine core and its workers,
+    titled "VLLM::..."; other helpers, e.g. megatron's checkpoint writer, are not the
+    engine)."""
     import psutil
 
     for child in psutil.Process(os.getpid()).children(recursive=True):
         try:
-            cmdline = " ".join(child.cmdline())
-            if "resource_tracker" not in cmdline and "maestro engine guard" not in cmdline:
+            if " ".join(child.cmdline()).startswith("VLLM::"):
                 child.kill()
         except psutil.NoSuchProcess:
             pass

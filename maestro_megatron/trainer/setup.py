@@ -114,9 +114,11 @@ def setup_run(recipe: Recipe) -> RunState:
     """Collective over all ranks: build or resume everything `train` needs."""
     from maestro_megatron.data.prompts import PromptStream, describe_splits, load_data_config
     from maestro_megatron.rollout import refit_policy
+    from maestro_megatron.rollout.engine_guard import start_guard
     from maestro_megatron.trainer.checkpoint import load_checkpoint, resume_checkpoint
     from maestro_megatron.trainer.outputs import RunWriter
 
+    start_guard()  # what this rank starts (engine, checkpoint writer) dies with it
     run, g = recipe.run, recipe.grpo
     groups = init_distributed(recipe.parallel, recipe.model, seed=run.seed,
                               timeout_minutes=recipe.parallel.timeout_minutes)
