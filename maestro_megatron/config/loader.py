@@ -9,6 +9,7 @@ dotted key (and the file where the value came from).
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -89,6 +90,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _float_or_same(text: str) -> float | str:
+    """float(text) for plain decimal / exponent notation ("1e-4", "3E5"), else `text`
+    unchanged ("nan", "inf" and other words stay strings, so they fail as before)."""
+    import re
+
+    if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text.strip()):
+        return float(text)
+    return text
+
+
 def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
     """Check `value` against the annotation `tp` and convert lists to tuples."""
     origin = typing.get_origin(tp)
@@ -125,6 +136,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
         return tuple(_coerce(v, a, f"{key}[{i}]", source)
                      for i, (v, a) in enumerate(zip(args, value)))
     if tp is float:
+        if isinstance(value, str):
+            value = _float_or_same(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, f"expected a number, got {value!r}", source)
         return float(value)

@@ -98,3 +98,14 @@ def test_bad_override_and_files(tmp_path):
     bad_yaml = _write(tmp_path, "broken.yaml", "grpo: {lr: [")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_recipe(bad_yaml)
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e-4 as a string; users type it on the command line and
+    # in recipes, so float fields accept it. Words stay errors.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("grpo: {lr: 1e-4}\n")
+    r = load_recipe(recipe, ["conductor.lr=3E-3", "grpo.kl_coef=.5"])
+    assert (r.grpo.lr, r.conductor.lr, r.grpo.kl_coef) == (1e-4, 3e-3, 0.5)
+    with pytest.raises(ConfigError, match="grpo.lr: expected a number, got 'inf'"):
+        load_recipe(recipe, ["grpo.lr=inf"])
