@@ -45,11 +45,8 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("tiny") / "run"
-    log = maestro("train", str(RECIPE), *SHORT, "run.num_steps=4", f"run.output_dir={run_dir}")
-    return run_dir, log
+# `tiny_run` (conftest.py): this recipe with SHORT and run.num_steps=4, trained once per
+# session (test_eval.py evaluates the same run).
 
 
 def test_outputs_exist(tiny_run):

@@ -1,0 +1,24 @@
+"""Run the `maestro` command line in a fresh process, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, timeout: int = 900) -> str:
+    """`python -m maestro_megatron.cli ARGS` with the console a user gets by default (no
+    verbose switches, OMP_NUM_THREADS=1); asserts exit 0, returns stdout + stderr."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for name in ("PYTHONWARNINGS", "MAESTRO_VERBOSE", "VLLM_LOGGING_LEVEL",
+                 "VLLM_LOGGING_CONFIG_PATH"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-m", "maestro_megatron.cli", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    return out
