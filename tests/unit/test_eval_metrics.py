@@ -189,3 +189,14 @@ def test_outputs_are_written_atomically(tmp_path):
                                                     "table.txt"]
     assert json.loads((out / "summary.json").read_text())["name"] == "run"
     assert [p.name for p in out.parent.iterdir()] == ["builtin-test"]  # no temp left
+
+
+def test_prompt_chunks_keep_the_global_index():
+    from maestro_megatron.eval.generate import prompt_chunks
+
+    prompts = [[1] * 3, [1] * 2, [1] * 4, [1] * 9, [1]]
+    assert prompt_chunks(prompts, 5) == [(0, prompts[0:2]), (2, prompts[2:3]),
+                                         (3, prompts[3:4]), (4, prompts[4:5])]
+    assert prompt_chunks(prompts, None) == [(0, prompts)]
+    assert prompt_chunks(prompts, 100) == [(0, prompts)]
+    assert prompt_chunks([], 5) == []
