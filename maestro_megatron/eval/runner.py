@@ -163,22 +163,23 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, split: str | 
     from maestro_megatron.eval.generate import encode_all, generate, load_tokenizer
     from maestro_megatron.eval.metrics import by_task, summarize
     from maestro_megatron.eval.report import format_table, write_outputs
-    from maestro_megatron.eval.source import resolve_source
+    from maestro_megatron.eval.source import resolve_source, run_recipe
     from maestro_megatron.eval.verdict import load_template
 
     if metric not in ("exact", "option"):
         raise UserError(f"--metric must be exact or option, got {metric!r}")
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1, got {limit}")
+    if generation is not None and generation.samples < 1:
+        raise UserError(f"--samples must be >= 1, got {generation.samples}")
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(model, data, split)
     cache_path = Path(judge_cache) if judge_cache else out_dir.parent / "judge_cache.jsonl"
     template = load_template(judge_prompt) if judge is not None else None
-    load_records(data, split, limit=limit)  # data errors before the model
+    records = load_records(data, split, run_recipe(model), limit)  # before any model
     if judge is not None:
         check_judge_reachable(judge)
     timings = {}
     with resolve_source(model) as source:
-        records = load_records(data, split, source.recipe, limit)
         gen = _generation_config(generation, source.recipe)
         tokenizer = load_tokenizer(source.hf_dir)
         prompt_ids = encode_all(tokenizer, records, _data_config(source.recipe, tokenizer), gen)

@@ -63,6 +63,19 @@ def _latest(path: Path) -> Path:
     return path
 
 
+def run_recipe(path: str | Path):
+    """The recipe of the run `path` belongs to (run dir, its hf_final, one of its
+    checkpoints), else None; cheap: nothing is exported."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    path = _latest(path)
+    for run in (path, path.parent if path.name == "hf_final" else None, _checkpoint_run(path)):
+        if run is not None and (run / "recipe.yaml").is_file():
+            return _load_run_recipe(run)
+    return None
+
+
 @contextlib.contextmanager
 def resolve_source(path: str | Path) -> Iterator[ModelSource]:
     """Yield the ModelSource of `path` (UserError naming the path when it is none of the

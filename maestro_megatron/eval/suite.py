@@ -50,7 +50,7 @@ def load_suite(path: str | Path) -> dict:
             raise UserError(f"{where}: unknown key(s) {sorted(bad)}")
         if bench.get("metric", "exact") not in ("exact", "option"):
             raise UserError(f"{where}.metric: {bench['metric']!r} is not exact or option")
-        bench["data"] = str(root / bench["data"])
+        bench["data"] = os.path.normpath(root / bench["data"])
     return spec
 
 
