@@ -59,6 +59,8 @@ def compare(eval_dirs: list[str | Path], out_dir: str | Path) -> dict:
     if len(benchmarks) > 1:
         raise UserError(f"--compare: evaluations of different benchmarks {sorted(benchmarks)}")
     names = [s["name"] for s, _ in loaded]
+    if len(set(names)) < len(names):  # e.g. two evaluations of one run: add the folder
+        names = [f"{n}/{Path(d).name}" for n, d in zip(names, eval_dirs)]
     runs = [samples for _, samples in loaded]
     tasks = list(dict.fromkeys(s["task"] for samples in runs for s in samples))
     scores = [k for k in ("judge", "exact", "option") if any(_scores(r, k, None) for r in runs)]

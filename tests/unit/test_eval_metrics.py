@@ -200,3 +200,35 @@ def test_prompt_chunks_keep_the_global_index():
     assert prompt_chunks(prompts, None) == [(0, prompts)]
     assert prompt_chunks(prompts, 100) == [(0, prompts)]
     assert prompt_chunks([], 5) == []
+
+
+def _eval_dir(path, name, exact, judge):
+    from maestro_megatron.eval.report import write_outputs
+
+    rows = [dict(sample("arith" if i < 6 else "story", j, e, row=i), key=f"k{i}", sample=0,
+                 id=f"{i}:0") for i, (e, j) in enumerate(zip(exact, judge))]
+    summary = {"name": name, "benchmark": "builtin", "split": "test", "metric": "exact",
+               "judge": {"model": "j"}, "overall": summarize(rows), "tasks": by_task(rows)}
+    write_outputs(path, summary, rows, "")
+    return path
+
+
+def test_compare_pairs_samples_and_reports_differences(tmp_path):
+    from maestro_megatron.eval.compare import compare, format_comparison
+
+    base = _eval_dir(tmp_path / "a", "run", [True, False, False, True, False, False, True,
+                                             False], ["correct", "incorrect"] * 4)
+    other = _eval_dir(tmp_path / "b", "run", [True, True, True, True, False, False, True,
+                                              False], ["correct"] * 7 + ["unparseable"])
+    result = compare([base, other], tmp_path / "cmp")
+    assert result["runs"] == ["run/a", "run/b"]  # same run name: the folder tells them apart
+    exact = result["scores"]["exact"]
+    assert exact["arith"][1]["diff_vs_first"]["value"] == pytest.approx(2 / 6)
+    assert exact["all"][1]["pairs"] == 8
+    judge = result["scores"]["judge"]["all"][1]
+    assert judge["pairs"] == 7  # the unparseable verdict pairs with nothing
+    assert judge["diff_vs_first"]["value"] == pytest.approx(3 / 7)
+    text = format_comparison(result)
+    assert "judge accuracy:" in text and "exact accuracy:" in text
+    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 5_000
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text()) == result
