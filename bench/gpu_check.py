@@ -82,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no CUDA device (use --dry-run on CPU)", file=sys.stderr)
         return 2
     deadline = time.perf_counter() + args.budget_s
-    left = lambda reserve=0.0: deadline - time.perf_counter() - reserve  # noqa: E731
+
+    def left(reserve: float = 0.0) -> float:
+        """Seconds to the deadline, keeping `reserve` for the parts still to come."""
+        return deadline - time.perf_counter() - reserve
+
     dry = ["--dry-run"] if args.dry_run else []
     shape = ["--layers", str(args.layers), "--seq", str(args.seq)]
     from bench.gpu_parts import fp8_support
