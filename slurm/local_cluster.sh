@@ -44,10 +44,10 @@ start() {
         echo "JobRequeue=1"
         echo "MinJobAge=600"
         echo "KillWait=10"
-        # A job may run 3 minutes past its limit before SLURM kills it: the chained-job
-        # test gives a 2-minute limit, and on a loaded 2-core CI machine the step under
-        # way when the advance signal (--signal=B:USR1@N) arrives, plus the checkpoint,
-        # can outlast it. The signal itself still comes N s before the nominal limit.
+        # A job may run 3 minutes past its limit before SLURM kills it: in the
+        # chained-job test's short limit, the step under way when the advance signal
+        # (--signal=B:USR1@N) arrives, plus the checkpoint, can outlast it on a loaded
+        # 2-core machine. The signal itself still comes N s before the nominal limit.
         echo "OverTimeLimit=3"
         echo "SlurmdParameters=config_overrides"
         # a failed parent must not leave chained jobs pending forever

@@ -123,3 +123,32 @@ def test_preempted_job_checkpoints_requeues_and_matches_the_uninterrupted_run(
     a = load_file(run_dir / "hf_final" / "model.safetensors")
     b = load_file(whole / "hf_final" / "model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+
+def test_chained_jobs_finish_a_run_longer_than_the_time_limit(tmp_path):
+    """`submit.sh --chain 3` with a five-minute limit and the advance signal 265 s before
+    it (SLURM checks limits every 30 s: it comes 5-35 s into each job, before a job has
+    started up and trained its first step; the limit itself leaves a slow machine
+    room to finish that step): job 1 stops after step 1 with its
+    checkpoint, job 2 resumes and trains step 2, the last (a stop is never asked after
+    the last step), so the run finishes; job 3 finds it finished and exits at once."""
+    run_dir = tmp_path / "chained"
+    out = subprocess.run(
+        ["bash", "slurm/submit.sh", "--chain", "3", "--nodes=1", "--time=5",
+         "--signal=B:USR1@265", f"--output={run_dir}-%j.out", "--",
+         *ARGS, "run.num_steps=2", f"run.output_dir={run_dir}"],
+        env=_env(), capture_output=True, text=True, check=True).stdout
+    jobs = [int(line.split(";")[0]) for line in out.split()]
+    assert len(jobs) == 3, out
+    states = [_wait_done(job) for job in jobs]
+    logs = [(run_dir / "slurm" / f"job-{job}" / "job.log").read_text() for job in jobs]
+    assert states == ["COMPLETED"] * 3, logs
+    first = (run_dir / "slurm" / f"job-{jobs[0]}" / "restart-0-node-0.log").read_text()
+    assert "stopped after step 1" in first, logs[0] + first[-3000:]
+    assert "the next job of the chain continues" in logs[0], logs[0]
+    assert "run finished" in logs[1], logs[1]
+    assert "already finished; nothing to do" in logs[2], logs[2]
+    assert [r["step"] for r in _metrics(run_dir)] == [1, 2]
+    assert (run_dir / "FINISHED").read_text().strip() == "2"
+    assert (run_dir / "hf_final" / "model.safetensors").is_file()
