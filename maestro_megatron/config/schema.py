@@ -388,6 +388,10 @@ class RunConfig:
     """Run directory."""
     save_every: int = 0
     """Checkpoint every this many steps (0: only at the end)."""
+    log_rollouts: bool = False
+    """Append every response of every step to rollouts.jsonl (prompt index, task, response,
+    reference, raw reward components, weights used, action, advantage, sequence KL): the
+    data `tools/diagnose_run.py` reads. About 1 KB per response."""
     overwrite: bool = False
     """Start afresh in a run directory that holds an earlier run's metrics but no
     checkpoint to resume (default: refuse, so two runs never mix in one metrics.jsonl)."""

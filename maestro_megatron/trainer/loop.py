@@ -34,6 +34,7 @@ from maestro_megatron.trainer.signals import (
 from maestro_megatron.trainer.steps import (
     forward_step,
     reward_step,
+    rollout_records,
     scalarize_step,
     step_metrics,
 )
@@ -124,6 +125,9 @@ def run_step(state: RunState, step: int) -> bool:
         with timer("metrics"):
             step_stats, task_weights = step_metrics(recipe, local, sc, fwd, groups)
             metrics.update(step_stats)
+            if recipe.run.log_rollouts:
+                records = rollout_records(recipe, local, sc, groups,
+                                          groups.dp_rank * state.prompts_per_rank)
     with timer("train"):
         metrics.update(train_step(state, fwd, sc, local.truncated))
     if sc is not None:
@@ -140,6 +144,8 @@ def run_step(state: RunState, step: int) -> bool:
     if state.is_logger:
         state.writer.log(step, metrics)
         state.writer.log_conductor_weights(step, task_weights, list(recipe.rewards.components))
+        if recipe.run.log_rollouts:
+            state.writer.log_rollouts(step, records)
     run = recipe.run
     if (run.save_every and step % run.save_every == 0) or step == run.num_steps:
         save_step(state, step)

@@ -29,7 +29,7 @@ from maestro_megatron.trainer.rollouts import (
 )
 
 __all__ = ["Forwards", "MetricView", "Scalarized", "forward_step", "merge_metric_views",
-           "metric_view", "reward_step", "scalarize_step", "step_metrics"]
+           "metric_view", "reward_step", "rollout_records", "scalarize_step", "step_metrics"]
 
 
 @dataclass
@@ -183,3 +183,29 @@ def step_metrics(recipe: Recipe, local: RolloutBatch, sc: Scalarized, fwd: Forwa
         dist.all_gather_object(parts, local_view, group=groups.dp)
     return merge_metric_views(names, parts)
 
+
+def rollout_records(recipe: Recipe, local: RolloutBatch, sc: Scalarized,
+                    groups: ParallelGroups, first_prompt: int) -> list[dict] | None:
+    """Every response of the step as plain records, gathered over data-parallel ranks
+    (run.log_rollouts; the logging rank writes them to rollouts.jsonl). first_prompt:
+    the global index of this rank's first prompt, so `prompt_index` and `group` name the
+    same prompt whatever the DP split. Returns the records on DP rank 0, else None."""
+    names, g = recipe.rewards.components, local.group_size
+    actions = sc.used.actions
+    rows = []
+    for i in range(local.num_responses):
+        p = i // g
+        rows.append({
+            "prompt_index": first_prompt + p, "sample": i % g, "task": local.tasks[p],
+            "prompt": local.prompts[p], "reference": local.references[p],
+            "response": local.response_texts[i], "truncated": bool(local.truncated[i]),
+            "num_tokens": len(local.response_ids[i]),
+            "rewards": {n: float(sc.rewards[i, k]) for k, n in enumerate(names)},
+            "weights": [float(w) for w in sc.weights[i]],
+            "action": None if actions is None else int(actions[i]),
+            "advantage": float(sc.advantages[i]), "kl_seq": float(sc.kl_seq[i])})
+    if groups.dp_size == 1:
+        return rows
+    parts = [None] * groups.dp_size
+    dist.all_gather_object(parts, rows, group=groups.dp)
+    return [r for part in parts for r in part] if groups.dp_rank == 0 else None

