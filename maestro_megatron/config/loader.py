@@ -93,8 +93,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def _float_or_same(text: str) -> float | str:
     """float(text) for plain decimal / exponent notation ("1e-4", "3E5"), else `text`
     unchanged ("nan", "inf" and other words stay strings, so they fail as before)."""
-    import re
-
     if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text.strip()):
         return float(text)
     return text
