@@ -8,6 +8,7 @@ seconds are noisy; the figures that count are ratios measured side by side in on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -115,15 +116,18 @@ class PeakRSS:
 
 
 def base_model(kind: str = "warmup") -> Path:
-    """The tiny recipe's policy after its 120-step warm-up (`hf_warmup`) or its random
-    init (`hf_random_init`), built once under WORK/base by one real `maestro train`
-    step and reused, so a benchmark's own run starts in seconds (model.hf_path)."""
-    base = WORK / "base"
+    """The tiny recipe's policy after its warm-up (`hf_warmup`) or its random init
+    (`hf_random_init`), built once under WORK/base-<recipe hash> by one real `maestro
+    train` step and reused, so a benchmark's own run starts in seconds (model.hf_path)."""
+    recipe = REPO / "recipes" / "tiny_cpu.yaml"
+    # keyed by the recipe's text and its parent's: a changed warm-up or model rebuilds
+    digest = hashlib.sha1(recipe.read_bytes() + (REPO / "recipes" / "base.yaml").read_bytes())
+    base = WORK / f"base-{digest.hexdigest()[:10]}"
     out = base / f"hf_{kind}"
     if not (base / "FINISHED").is_file():
         print(f"building the warmed tiny base model in {base} (once, ~1-2 min)", flush=True)
         subprocess.run([sys.executable, "-m", "maestro_megatron.cli", "train",
-                        str(REPO / "recipes" / "tiny_cpu.yaml"), "run.num_steps=1",
+                        str(recipe), "run.num_steps=1",
                         f"run.output_dir={base}", "run.overwrite=true", "run.progress=false"],
                        check=True, cwd=REPO)
     if not (out / "config.json").is_file():
