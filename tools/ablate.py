@@ -41,8 +41,9 @@ METHODS = {  # name -> (recipe, extra overrides)
     "sft": ("recipes/tiny_cpu_sft.yaml", ()),
 }
 START = "start"
-COLUMNS = (("arith_exact", "arith exact match"), ("format_rate", "format rate"),
-           ("pref", "pref (test)"), ("judge", "judge accuracy"))
+COLUMNS = (("arith_exact", "arith exact"), ("explain_exact", "explain exact"),
+           ("story_exact", "story exact"), ("format_rate", "format rate"),
+           ("pref", "pref"), ("judge", "judge accuracy"))
 README_BEGIN, README_END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 
 
@@ -107,8 +108,10 @@ def utility(summary: dict) -> dict[str, float | None]:
         got = (block or {}).get(key)
         return got["value"] if isinstance(got, dict) else got
 
-    overall = summary["overall"]
-    return {"arith_exact": value(summary["tasks"].get("arith"), "exact_match"),
+    overall, tasks = summary["overall"], summary["tasks"]
+    return {"arith_exact": value(tasks.get("arith"), "exact_match"),
+            "explain_exact": value(tasks.get("explain"), "exact_match"),
+            "story_exact": value(tasks.get("story"), "exact_match"),
             "format_rate": value(overall, "format_rate"),
             "pref": value(overall, "pref_mean"),
             "judge": value(overall, "judge_accuracy")}
@@ -125,15 +128,16 @@ def mean_std(values: list[float | None]) -> str:
 
 def table(results: dict[str, list[dict]], seeds: list[int], minutes: float, steps: int) -> str:
     """Markdown: one row per method, mean ± std over seeds."""
-    lines = ["| method | " + " | ".join(label for _, label in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
+    lines = ["| method | " + " | ".join(label for _, label in COLUMNS) + " | seeds |",
+             "|---" * (len(COLUMNS) + 2) + "|"]
     for method, per_seed in results.items():
         cells = [mean_std([r[key] for r in per_seed]) for key, _ in COLUMNS]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {len(per_seed)} |")
     lines += ["", f"Held-out split of the built-in prompts (49 rows: arith 20, explain 15, "
                   f"story 14), greedy; {steps} GRPO steps from a shared warm-up per seed; "
                   f"seeds {', '.join(map(str, seeds))}; mean ± std over seeds; "
-                  f"`python tools/ablate.py` took {minutes:.0f} min on this machine."]
+                  f"the GRPO/SFT runs took {minutes:.0f} min of wall time in all (2 CPU "
+                  "cores; evaluation and warm-ups not counted)."]
     return "\n".join(lines)
 
 
@@ -169,6 +173,38 @@ def write_readme(readme: Path, text: str) -> None:
     readme.write_text(f"{head}{README_BEGIN}\n{text}\n{README_END}{tail}")
 
 
+def run_all(out: Path, args, judge: list[str]) -> dict[str, list[tuple[int, dict]]]:
+    """Train and evaluate every (seed, method) not done yet; {row: [(seed, utility)]}."""
+    results: dict[str, list] = {"warm-up (start)": []}
+    results.update({m: [] for m in args.methods})
+    for seed in args.seeds:
+        start = train_start(out, seed)
+        results["warm-up (start)"].append(
+            (seed, evaluate(start, out / START / f"eval_seed_{seed}", judge)))
+        for method in args.methods:
+            run = train_method(out, method, seed, args.steps, start)
+            results[method].append((seed, evaluate(run, run / "eval", judge)))
+            print(f"seed {seed} {method}: {results[method][-1][1]}", flush=True)
+    return results
+
+
+def collected(out: Path, args) -> dict[str, list[tuple[int, dict]]]:
+    """The evaluations already on disk (an interrupted or partial ablation)."""
+    found = {"warm-up (start)": [(s, out / START / f"eval_seed_{s}") for s in args.seeds]}
+    found.update({m: [(s, out / m / f"seed_{s}" / "eval") for s in args.seeds]
+                  for m in args.methods})
+    return {row: [(s, utility(json.loads((d / "summary.json").read_text())))
+                  for s, d in pairs if (d / "summary.json").is_file()]
+            for row, pairs in found.items()}
+
+
+def _seconds(path: Path) -> float:
+    try:
+        return float(path.read_text())
+    except ValueError:
+        return 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -179,22 +215,17 @@ def main() -> None:
     parser.add_argument("--judge-model", default=None)
     parser.add_argument("--readme", type=Path, default=None,
                         help="write the table between the ablation markers of this file")
+    parser.add_argument("--report-only", action="store_true",
+                        help="tabulate the runs already evaluated; train nothing")
     args = parser.parse_args()
     judge = (["--judge-url", args.judge_url, "--judge-model", args.judge_model]
              if args.judge_url else [])
-    out, begin = args.out.resolve(), time.perf_counter()
-    results: dict[str, list[dict]] = {"warm-up (start)": []}
-    results.update({m: [] for m in args.methods})
-    for seed in args.seeds:
-        start = train_start(out, seed)
-        results["warm-up (start)"].append(
-            evaluate(start, out / START / f"eval_seed_{seed}", judge))
-        for method in args.methods:
-            run = train_method(out, method, seed, args.steps, start)
-            results[method].append(evaluate(run, run / "eval", judge))
-            print(f"seed {seed} {method}: {results[method][-1]}", flush=True)
-    minutes = (time.perf_counter() - begin) / 60
-    text = table(results, args.seeds, minutes, args.steps)
+    out = args.out.resolve()
+    results = collected(out, args) if args.report_only else run_all(out, args, judge)
+    seeds = sorted({s for rs in results.values() for s, _ in rs})
+    minutes = sum(_seconds(p) for p in out.rglob("wall_seconds")) / 60
+    results = {m: [r for _, r in rs] for m, rs in results.items() if rs}
+    text = table(results, seeds, minutes, args.steps)
     (out / "table.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "ablation.png")

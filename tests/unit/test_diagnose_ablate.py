@@ -88,13 +88,15 @@ def test_diagnose_reports_per_category_windows():
 
 def test_ablate_reads_eval_summaries_and_tabulates_mean_and_std(tmp_path):
     summary = {"overall": {"format_rate": 0.9, "pref_mean": 0.4, "judge_accuracy": None},
-               "tasks": {"arith": {"exact_match": {"value": 0.25, "low": 0.1, "high": 0.4}}}}
+               "tasks": {"arith": {"exact_match": {"value": 0.25, "low": 0.1, "high": 0.4}},
+                         "story": {"exact_match": None}}}
     got = ablate.utility(json.loads(json.dumps(summary)))
-    assert got == {"arith_exact": 0.25, "format_rate": 0.9, "pref": 0.4, "judge": None}
+    assert got == {"arith_exact": 0.25, "explain_exact": None, "story_exact": None,
+                   "format_rate": 0.9, "pref": 0.4, "judge": None}
     assert ablate.mean_std([0.1, 0.3]) == "0.200 ± 0.141"  # sample std: sqrt(0.02)
     assert ablate.mean_std([None, None]) == "-"
     text = ablate.table({"equal": [got, {**got, "arith_exact": 0.35}]}, [1, 2], 3.0, 40)
-    assert "| equal | 0.300 ± 0.071 | 0.900 ± 0.000 | 0.400 ± 0.000 | - |" in text
+    assert "| equal | 0.300 ± 0.071 | - | - | 0.900 ± 0.000 | 0.400 ± 0.000 | - | 2 |" in text
     readme = tmp_path / "README.md"
     readme.write_text(f"top\n{ablate.README_BEGIN}\nold\n{ablate.README_END}\nbottom\n")
     ablate.write_readme(readme, "new table")
