@@ -177,14 +177,16 @@ def run_all(out: Path, args, judge: list[str]) -> dict[str, list[tuple[int, dict
     """Train and evaluate every (seed, method) not done yet; {row: [(seed, utility)]}."""
     results: dict[str, list] = {"warm-up (start)": []}
     results.update({m: [] for m in args.methods})
-    for seed in args.seeds:
+    for seed in args.seeds:  # the starts first: every method needs them
         start = train_start(out, seed)
         results["warm-up (start)"].append(
             (seed, evaluate(start, out / START / f"eval_seed_{seed}", judge)))
-        for method in args.methods:
-            run = train_method(out, method, seed, args.steps, start)
+    for method in args.methods:  # method by method: each row gets all its seeds in turn
+        for seed in args.seeds:
+            run = train_method(out, method, seed, args.steps, out / START / f"seed_{seed}"
+                               / "hf_warmup")
             results[method].append((seed, evaluate(run, run / "eval", judge)))
-            print(f"seed {seed} {method}: {results[method][-1][1]}", flush=True)
+            print(f"{method} seed {seed}: {results[method][-1][1]}", flush=True)
     return results
 
 
