@@ -1,6 +1,7 @@
 """SIGTERM during a step: the trainer exits, no process it started outlives it, and the
-last checkpoint is intact and resumes (issue: the vLLM engine core and its workers
-were still alive 30 s after `kill -TERM`)."""
+last checkpoint is intact (issue: the vLLM engine core and its workers were still alive
+30 s after `kill -TERM`). That an intact checkpoint resumes to the uninterrupted result
+is shown by tests/integration/test_kill_resume.py after SIGKILLs at every point."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _steps(run_dir: Path) -> list[int]:
             if line.strip().endswith("}")]
 
 
-def test_sigterm_stops_every_child_and_the_run_resumes(tmp_path):
+def test_sigterm_stops_every_child_and_leaves_an_intact_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "maestro_megatron.cli", *ARGS,
@@ -57,10 +58,9 @@ def test_sigterm_stops_every_child_and_the_run_resumes(tmp_path):
     _, alive = psutil.wait_procs(children, timeout=GRACE_S)
     assert not alive, [p.pid for p in alive]
 
+    from maestro_megatron.trainer.checkpoint import checkpoint_problem
+
     done = max(_steps(run_dir))
-    resumed = subprocess.run([sys.executable, "-m", "maestro_megatron.cli", *ARGS,
-                              f"run.num_steps={done + 1}", f"run.output_dir={run_dir}"],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
-    steps = _steps(run_dir)
-    assert steps == list(range(1, done + 2)), steps  # resumed, no step logged twice
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert latest in (f"step_{done:08d}", f"step_{done - 1:08d}"), (latest, done)
+    assert checkpoint_problem(run_dir / "checkpoints" / latest) is None
