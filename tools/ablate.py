@@ -233,7 +233,9 @@ def main() -> None:
     plot(results, out / "ablation.png")
     print(text)
     if args.readme:
-        write_readme(args.readme, text + f"\n\n![ablation]({out.name}/ablation.png)")
+        figure = args.readme.parent / "docs" / "ablation.png"  # runs/ is not in git
+        plot(results, figure)
+        write_readme(args.readme, text + "\n\n![held-out utility per method](docs/ablation.png)")
 
 
 if __name__ == "__main__":
