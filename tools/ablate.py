@@ -93,12 +93,21 @@ def train_method(out: Path, method: str, seed: int, steps: int, start: Path,
     return run
 
 
-def evaluate(target: Path, out_dir: Path, judge: list[str]) -> dict:
+def start_generation() -> list[str]:
+    """The trained runs' generation length for the start's bare HF directory (it has no
+    recipe, and maestro eval's default there is 256 new tokens)."""
+    from maestro_megatron.config import load_recipe
+
+    recipe = load_recipe(ROOT / METHODS["equal"][0], [])
+    return ["--max-new-tokens", str(recipe.rollout.max_new_tokens)]
+
+
+def evaluate(target: Path, out_dir: Path, judge: list[str], extra: list[str] = ()) -> dict:
     """`maestro eval` of a run or HF directory on the built-in test split -> utility."""
     summary = out_dir / "summary.json"
     if not summary.exists():
         run_logged(maestro_cmd("eval", str(target), "--split", "test", "--pref", "--out",
-                               str(out_dir), *judge), out_dir.with_suffix(".log"))
+                               str(out_dir), *judge, *extra), out_dir.with_suffix(".log"))
     return utility(json.loads(summary.read_text()))
 
 
@@ -180,7 +189,8 @@ def run_all(out: Path, args, judge: list[str]) -> dict[str, list[tuple[int, dict
     for seed in args.seeds:  # the starts first: every method needs them
         start = train_start(out, seed)
         results["warm-up (start)"].append(
-            (seed, evaluate(start, out / START / f"eval_seed_{seed}", judge)))
+            (seed, evaluate(start, out / START / f"eval_seed_{seed}", judge,
+                            start_generation())))
     for method in args.methods:  # method by method: each row gets all its seeds in turn
         for seed in args.seeds:
             run = train_method(out, method, seed, args.steps, out / START / f"seed_{seed}"
