@@ -171,8 +171,11 @@ def test_rollout_records_agree_with_the_step_metrics(tiny_run):
                    for r in mine)
 
 
-def test_resume_continues_from_latest(tiny_run):
-    run_dir, _ = tiny_run
+def test_resume_continues_from_latest(tiny_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"  # a copy: the session's tiny run stays as trained
+    shutil.copytree(tiny_run[0], run_dir, symlinks=True)
     maestro("train", str(RECIPE), *SHORT, "run.num_steps=5", f"run.output_dir={run_dir}")
     assert [r["step"] for r in metrics(run_dir)] == [1, 2, 3, 4, 5]
     assert (run_dir / "checkpoints" / "step_00000005").is_dir()
@@ -184,18 +187,25 @@ FIRST_STEP_KEYS = ("reward/ppl", "reward/fmt", "reward/ent", "reward/len", "rewa
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("layout", [["parallel.pipeline_parallel=2"],
-                                    ["rollout.placement=replica"]],
+                                    ["rollout.placement=replica", "warmup.num_steps=0"]],
                          ids=["pp2", "dp2-two-engines"])
 def test_first_step_matches_tp1(tiny_run, layout, tmp_path):
     """Same recipe and seed under torchrun (2 ranks): PP=2 gives the single-process
-    run's first-step metrics (TP=2 is proven at the megatron level in
-    tests/distributed/test_layouts.py and test_grpo_step.py); so does DP=2 with one vLLM engine per
-    replica (each samples its own groups with per-request seeds from the global prompt
-    index: the same responses as one engine sampling all of them)."""
+    run's first-step metrics, warm-up included (TP=2 is proven at the megatron level in
+    tests/distributed/test_layouts.py and test_grpo_step.py); so does DP=2 with one vLLM
+    engine per replica (each samples its own groups with per-request seeds from the
+    global prompt index: the same responses as one engine sampling all of them).
+
+    The DP=2 run starts from the single-process run's warmed-up weights (hf_warmup, no
+    warm-up of its own): a DP=2 warm-up reduces its gradients in another order, and Adam
+    turns rounding-level differences of near-zero gradient entries into lr-sized
+    updates (after 30 steps up to 1.2e-3 in a weight; then 3 of 32 sampled responses
+    differ), which is numerics of the warm-up, not of the engines under test."""
     run_dir, _ = tiny_run
     other = tmp_path / "run"
+    start = [f"model.hf_path={run_dir / 'hf_warmup'}"] if "warmup.num_steps=0" in layout else []
     maestro("train", str(RECIPE), *SHORT, "run.num_steps=1", f"run.output_dir={other}",
-            "run.log_rollouts=true", *layout, nproc=2)
+            "run.log_rollouts=true", *start, *layout, nproc=2)
     want, got = metrics(run_dir)[0], metrics(other)[0]
     for key in FIRST_STEP_KEYS:
         assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-4), key
