@@ -5,18 +5,18 @@ the held-out split by `maestro eval`.
     python tools/sweep.py --grid conductor.lr=3e-4,1e-3,3e-3 --grid conductor.ent_coef=0.01,0.03 \
         [--method maestro] [--seeds 1] [--steps 40] [--out runs/sweep]
 
-Prints one row per setting (mean over seeds) and writes OUT/sweep.md. Finished runs are
-reused when the command is run again.
+Prints one row per setting (mean ± std over seeds, the columns of ablate.py) and
+writes OUT/sweep.md. Finished runs are reused when the command is run again; with
+`--out runs/ablation` the ablation's warm-up starts are reused too.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 from pathlib import Path
 
-from ablate import METHODS, evaluate, train_method, train_start
+from ablate import COLUMNS, METHODS, evaluate, mean_std, train_method, train_start
 
 
 def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
@@ -46,7 +46,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"))
     args = parser.parse_args()
     out = args.out.resolve()
-    lines = ["| setting | arith exact match | format rate | pref (test) |", "|---|---|---|---|"]
+    lines = ["| setting | " + " | ".join(label for _, label in COLUMNS) + " |",
+             "|---|" + "---|" * len(COLUMNS)]
     for overrides in settings(parse_grid(args.grid)):
         tag = f"{args.method}__" + "__".join(o.replace("=", "-") for o in overrides)
         got = []
@@ -54,10 +55,8 @@ def main() -> None:
             start = train_start(out, seed)
             run = train_method(out, args.method, seed, args.steps, start, overrides, tag)
             got.append(evaluate(run, run / "eval", []))
-        cells = [statistics.fmean(g[k] for g in got) if got[0][k] is not None else None
-                 for k in ("arith_exact", "format_rate", "pref")]
         lines.append(f"| {' '.join(overrides)} | "
-                     + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
+                     + " | ".join(mean_std([g[k] for g in got]) for k, _ in COLUMNS) + " |")
         print(lines[-1], flush=True)
     text = "\n".join(lines) + (f"\n\n{args.method}, seeds {args.seeds}, {args.steps} steps "
                                "from the shared warm-up, held-out split, greedy.\n")

@@ -16,8 +16,25 @@ in-process engine, another vLLM) there is no watch and vLLM's own behaviour appl
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from multiprocessing import connection
+
+
+def exit_cause(proc, timeout: float = 5.0) -> str:
+    """How an exited `multiprocessing` process ended: "killed by signal 9", "exit code 1".
+
+    vLLM's own monitor thread may reap the process at the same moment (two threads in
+    `waitpid`: the loser sees no status and `join` returns with `exitcode` still None
+    until the winner has stored it), so the status is polled for up to `timeout` s."""
+    proc.join(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while proc.exitcode is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    code = proc.exitcode
+    if code is None:
+        return "its exit status was not available"
+    return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
 
 class EngineWatch:
@@ -47,10 +64,7 @@ class EngineWatch:
         if self._closing.is_set() or client is None:
             return
         dead = next(p for p in procs if p.sentinel in ready)
-        dead.join(timeout=5)  # reaped: exitcode known
-        code = dead.exitcode
-        self.cause = f"killed by signal {-code}" if code is not None and code < 0 \
-            else f"exit code {code}"
+        self.cause = exit_cause(dead)
         from vllm.v1.engine.exceptions import EngineDeadError
 
         client.resources.engine_dead = True  # later calls raise at once (ensure_alive)

@@ -5,18 +5,46 @@ the GPUs)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+RETRY_S = 0.05
+"""A signal that arrives inside the logging module is sent again after this delay ..."""
+MAX_DEFERRALS = 100
+"""... at most this many times (5 s)."""
+
+
+def _inside_logging(frame) -> bool:
+    """Is the main thread, at `frame`, inside the `logging` module? A SystemExit raised
+    between its lock's acquire and release (e.g. in `_releaseLock`) leaves the lock held,
+    and every later log call from another thread (vLLM's, during the engine's shutdown in
+    the `finally` blocks) then waits forever: the run hangs instead of exiting."""
+    while frame is not None:
+        if frame.f_code.co_filename == logging.__file__:
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextmanager
 def exit_on_signals(signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None]:
     """Within the block, each of `signals` raises SystemExit(128 + signum) in the main
-    thread (Python's default for SIGTERM is to die without running `finally`)."""
+    thread (Python's default for SIGTERM is to die without running `finally`); if it
+    arrives while the main thread is inside `logging`, it is raised a moment later."""
+
+    deferred = [0]
 
     def handler(signum, frame):
+        # raising inside logging can leave its lock held: try again a moment later
+        # (at most MAX_DEFERRALS times, then exit all the same)
+        if _inside_logging(frame) and deferred[0] < MAX_DEFERRALS:
+            deferred[0] += 1
+            threading.Timer(RETRY_S, os.kill, (os.getpid(), signum)).start()
+            return
         raise SystemExit(128 + signum)
 
     previous = {s: signal.signal(s, handler) for s in signals}
