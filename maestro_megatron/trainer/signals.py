@@ -36,13 +36,14 @@ def exit_on_signals(signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[No
     thread (Python's default for SIGTERM is to die without running `finally`); if it
     arrives while the main thread is inside `logging`, it is raised a moment later."""
 
-    deferred = [0]
+    deferred = 0
 
     def handler(signum, frame):
         # raising inside logging can leave its lock held: try again a moment later
         # (at most MAX_DEFERRALS times, then exit all the same)
-        if _inside_logging(frame) and deferred[0] < MAX_DEFERRALS:
-            deferred[0] += 1
+        nonlocal deferred
+        if _inside_logging(frame) and deferred < MAX_DEFERRALS:
+            deferred += 1
             threading.Timer(RETRY_S, os.kill, (os.getpid(), signum)).start()
             return
         raise SystemExit(128 + signum)
