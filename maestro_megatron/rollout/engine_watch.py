@@ -27,8 +27,8 @@ def exit_cause(proc, timeout: float = 5.0) -> str:
     vLLM's own monitor thread may reap the process at the same moment (two threads in
     `waitpid`: the loser sees no status and `join` returns with `exitcode` still None
     until the winner has stored it), so the status is polled for up to `timeout` s."""
-    proc.join(timeout=timeout)
     deadline = time.monotonic() + timeout
+    proc.join(timeout=timeout)
     while proc.exitcode is None and time.monotonic() < deadline:
         time.sleep(0.02)
     code = proc.exitcode

