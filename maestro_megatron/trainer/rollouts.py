@@ -109,6 +109,47 @@ def response_sequences(batch: RolloutBatch, pad_id: int, seq_length: int) -> Seq
 THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
+def split_tokenize(tokenizer, parts: list[str], scored: int) -> list[list[int]]:
+    """Token ids of `"".join(parts)` encoded as ONE text (as the policy wrote and read
+    it), split into the ids of each part.
+
+    Encoding the parts one by one is wrong for most tokenizers: SentencePiece's
+    Metaspace marks a text's first word ("The" alone -> "▁The", after "<answer>" ->
+    "The") and byte-level BPE merges punctuation into the next word (">The"); the
+    model never saw those standalone ids there and scores them at ~-17 nats. A token
+    belongs to the part it starts in, except that one overlapping `parts[scored]` at
+    all belongs to that part (it carries its text). Uses the fast tokenizer's offsets;
+    without them, each prefix's encoding must be a prefix of the next, else ValueError.
+    """
+    text = "".join(parts)
+    bounds = [0]
+    for part in parts:
+        bounds.append(bounds[-1] + len(part))
+    lo, hi = bounds[scored], bounds[scored + 1]
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+    except (NotImplementedError, TypeError, KeyError, ValueError):
+        offsets = None
+    out: list[list[int]] = [[] for _ in parts]
+    if offsets is not None:
+        for tok, (start, end) in zip(enc["input_ids"], offsets):
+            if (start < hi and end > lo) if end > start else lo <= start < hi:
+                out[scored].append(tok)
+            else:
+                out[max(i for i in range(len(parts)) if bounds[i] <= start)
+                    if start < bounds[-1] else len(parts) - 1].append(tok)
+        return out
+    prev: list[int] = []
+    for i in range(len(parts)):
+        ids = list(tokenizer(text[:bounds[i + 1]], add_special_tokens=False)["input_ids"])
+        if ids[:len(prev)] != prev:
+            raise ValueError(f"tokenizer merges tokens across a part boundary of {text!r} "
+                             "and gives no offsets: use a fast tokenizer")
+        out[i], prev = ids[len(prev):], ids
+    return out
+
+
 @dataclass
 class AnswerView:
     """r_ppl's view of B responses: prompt + reasoning + "<answer>" + REFERENCE +
@@ -129,34 +170,36 @@ class AnswerView:
 
 def answer_sequences(batch: RolloutBatch, tokenizer, pad_id: int, seq_length: int,
                      answer_pattern: str) -> AnswerView:
-    """Build r_ppl's view. The reference always appears whole: when the row would
-    exceed `seq_length`, the reasoning loses tokens from its START (the part next to
+    """Build r_ppl's view. reasoning + "<answer>" + reference + "</answer>" is encoded
+    as one text (`split_tokenize`), so the reference's ids are the ones the policy
+    would write there. The reference always appears whole: when the row would exceed
+    `seq_length`, the reasoning loses tokens from its START (the part next to
     "<answer>" stays); when even no reasoning leaves room, the row is `skipped` and
     its mask is empty. Rows without a reference get an empty mask."""
     from maestro_megatron.rewards import has_reference
 
     completions, spans, trimmed, skipped, thinking = [], [], [], [], []
-    opener = tokenizer("<answer>", add_special_tokens=False)["input_ids"]
-    closer = tokenizer("</answer>", add_special_tokens=False)["input_ids"]
     prompts = batch.per_response(batch.prompt_ids)
     references = batch.per_response(batch.references)
     for text, ref, prompt in zip(batch.response_texts, references, prompts):
         reasoning = re.sub(answer_pattern, "", text, flags=re.DOTALL).rstrip()
-        head = tokenizer(reasoning, add_special_tokens=False)["input_ids"] + opener
         think = THINK.search(text)
         thinking.append(len(tokenizer(think.group(1).strip(), add_special_tokens=False)
                             ["input_ids"]) if think and think.group(1).strip() else 0)
         if not has_reference(ref):
-            completions.append(head)
+            completions.append([t for part in split_tokenize(
+                tokenizer, [reasoning, "<answer>"], 1) for t in part])
             spans.append((0, 0))
             trimmed.append(False)
             skipped.append(False)
             continue
-        answer = tokenizer(ref, add_special_tokens=False)["input_ids"]
-        overflow = len(prompt) + len(head) + len(answer) + len(closer) - seq_length
+        kept, opener, answer, closer = split_tokenize(
+            tokenizer, [reasoning, "<answer>", ref, "</answer>"], 2)
+        overflow = len(prompt) + len(kept) + len(opener) + len(answer) + len(closer) \
+            - seq_length
         cut = max(overflow, 0)
-        skip = cut > len(head) - len(opener)
-        head = head[min(cut, len(head) - len(opener)):]
+        skip = cut > len(kept)
+        head = kept[min(cut, len(kept)):] + opener
         completions.append(head + answer + closer)
         spans.append((0, 0) if skip else (len(head), len(head) + len(answer)))
         trimmed.append(0 < cut and not skip)

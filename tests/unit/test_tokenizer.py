@@ -145,3 +145,53 @@ def test_chat_template_kwargs_reach_the_template(tok):
         tok.chat_template = saved
     think, end_think = tok.convert_tokens_to_ids(["<think>", "</think>"])
     assert off == on + [think, end_think]
+
+
+def _answer_row(tokenizer, reference: str):
+    """r_ppl's view of one response whose answer is the reference: (row ids after the
+    prompt, the masked ids)."""
+    from maestro_megatron.trainer.rollouts import RolloutBatch, answer_sequences
+
+    text = f"<think>A dog runs in the sun.</think><answer>{reference}</answer>"
+    batch = RolloutBatch(prompts=["p"], references=[reference], tasks=["story"],
+                         prompt_ids=[[9]], response_ids=[[1]], response_texts=[text],
+                         truncated=[False], group_size=1, rollout_logprobs=[[0.0]])
+    view = answer_sequences(batch, tokenizer, 0, 128, r"<answer>(.*?)</answer>")
+    row, mask = view.sequences.tokens[0], view.sequences.response_mask[0].bool()
+    return row[1:][row[1:] != 0].tolist(), row[mask].tolist()
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "byte-level-bpe"])
+def test_r_ppl_scores_the_reference_ids_the_policy_writes(tok, kind):
+    """The reference is encoded together with the reasoning and "<answer>", as in the
+    policy's own output. The landed code encoded it alone: SentencePiece then wrote
+    "▁The" where the policy writes "The" (after "<answer>"), a token the warm-up model
+    gave -17.5 nats, so r_ppl was ~0.03 for every response, right or wrong."""
+    from tests.support.tiny_llama import train_tokenizer as byte_bpe
+
+    tokenizer = tok if kind == "sentencepiece" else byte_bpe()
+    reference = "The dog runs in the sun."
+    text = f"<think>A dog runs in the sun.</think><answer>{reference}</answer>"
+    row, scored = _answer_row(tokenizer, reference)
+    assert row == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(scored).strip() == reference
+    if kind == "sentencepiece":
+        assert tokenizer.convert_ids_to_tokens(scored)[0] == "The"  # not "▁The"
+        assert scored != tokenizer(reference, add_special_tokens=False)["input_ids"]
+
+
+def test_split_tokenize_without_offsets_needs_prefix_stable_encodings():
+    from maestro_megatron.trainer.rollouts import split_tokenize
+
+    class Chars:  # a slow tokenizer: no offsets
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+
+    assert split_tokenize(Chars(), ["ab", "<", "c"], 2) == [[97, 98], [60], [99]]
+
+    class Merging(Chars):  # "<c" becomes one id: no prefix of the whole encoding
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text.replace("<c", "\x01")]}
+
+    with pytest.raises(ValueError, match="part boundary.*fast tokenizer"):
+        split_tokenize(Merging(), ["ab", "<", "c"], 2)
