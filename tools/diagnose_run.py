@@ -93,6 +93,24 @@ def action_hit_rate(records: list[dict], components: list[str]) -> float | None:
     return hits / total if total else None
 
 
+def action_advantages(records: list[dict], components: list[str]
+                      ) -> dict[str, tuple[float, float, int] | None]:
+    """{component: (mean advantage, its standard error, responses)} over the responses
+    whose sampled emphasis was that component (None: never sampled, or 1 response).
+
+    This is the Conductor's meta-reward per action for contexts it cannot tell apart.
+    With per-group z-scored components every component has mean 0 inside each group, so
+    for a category as a whole these means are 0 up to noise (and the std-normalisation
+    of A): a per-category emphasis is only learnable through what h says about each
+    response's standing in its group, not from the category itself."""
+    out: dict[str, tuple[float, float, int] | None] = {}
+    for j, name in enumerate(components):
+        xs = [r["advantage"] for r in records if r.get("action") == j]
+        out[name] = ((statistics.fmean(xs), statistics.stdev(xs) / math.sqrt(len(xs)),
+                      len(xs)) if len(xs) > 1 else None)
+    return out
+
+
 def windows(records: list[dict], count: int) -> list[tuple[int, int, list[dict]]]:
     """Split by step into `count` equal windows: [(first step, last step, records)]."""
     steps = sorted({r["step"] for r in records})
@@ -131,6 +149,8 @@ def diagnose(records: list[dict], num_windows: int) -> dict:
                 "kl_seq": statistics.fmean(r["kl_seq"] for r in part),
                 "num_tokens": statistics.fmean(r["num_tokens"] for r in part)})
         report["categories"][task] = rows
+        report.setdefault("action_advantage", {})[task] = action_advantages(
+            [r for r in records if r["task"] == task], components)
     return report
 
 
@@ -158,6 +178,15 @@ def render(report: dict) -> str:
             lines.append(f"| {r['steps'][0]}-{r['steps'][1]} | {r['utility']:.3f} | {corr} "
                          f"| {w} | {_hit(r['action_hit'])} | {r['kl_seq']:.3f} "
                          f"| {r['num_tokens']:.1f} |")
+        lines.append("")
+    if any(v is not None for adv in report.get("action_advantage", {}).values()
+           for v in adv.values()):
+        lines += ["### mean advantage per sampled emphasis (all steps; ± standard error)", "",
+                  "| category | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
+        for task, adv in report["action_advantage"].items():
+            lines.append(f"| {task} | " + " | ".join(
+                "-" if adv[n] is None else f"{adv[n][0]:+.3f} ± {adv[n][1]:.3f} ({adv[n][2]})"
+                for n in names) + " |")
         lines.append("")
     lines.append("corr: mean within-group Pearson correlation of the component with exact "
                  "match (groups where both vary, in brackets); w: mean weights used; hit: how "

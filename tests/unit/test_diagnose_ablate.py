@@ -113,3 +113,16 @@ def test_sweep_grid_expands_every_combination_and_names_bad_specs(monkeypatch):
                                     ("conductor.lr=3e-3", "grpo.lr=1e-4")]
     with pytest.raises(SystemExit, match="'conductor.lr': expected key=v1,v2"):
         sweep.parse_grid(["conductor.lr"])
+
+
+def test_action_advantages_are_the_mean_and_standard_error_per_emphasis():
+    records = [_rec(1, 0, "t", "", None, {"a": 0.0, "b": 0.0}, action=a) for a in (0, 0, 0, 1)]
+    for r, adv in zip(records, (1.0, 2.0, 3.0, -6.0)):
+        r["advantage"] = adv
+    got = diag.action_advantages(records, ["a", "b", "c"])
+    # action 0: mean 2, sample std 1 -> s.e. 1 / sqrt(3); action 1 once, action 2 never
+    assert got["a"] == (pytest.approx(2.0), pytest.approx(1 / math.sqrt(3)), 3)
+    assert got["b"] is None and got["c"] is None
+    for r in records:
+        r["action"] = None  # baselines sample no emphasis
+    assert set(diag.action_advantages(records, ["a", "b"]).values()) == {None}
