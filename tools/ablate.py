@@ -235,7 +235,8 @@ def main() -> None:
     out = args.out.resolve()
     results = collected(out, args) if args.report_only else run_all(out, args, judge)
     seeds = sorted({s for rs in results.values() for s, _ in rs})
-    minutes = sum(_seconds(p) for p in out.rglob("wall_seconds")) / 60
+    minutes = sum(_seconds(out / m / f"seed_{s}" / "wall_seconds") for m in args.methods
+                  for s in args.seeds if (out / m / f"seed_{s}" / "wall_seconds").is_file()) / 60
     results = {m: [r for _, r in rs] for m, rs in results.items() if rs}
     text = table(results, seeds, minutes, args.steps)
     (out / "table.md").write_text(text + "\n")

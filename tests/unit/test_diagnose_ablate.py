@@ -126,3 +126,21 @@ def test_action_advantages_are_the_mean_and_standard_error_per_emphasis():
     for r in records:
         r["action"] = None  # baselines sample no emphasis
     assert set(diag.action_advantages(records, ["a", "b"]).values()) == {None}
+
+
+def test_weights_across_seeds_averages_the_tail_and_measures_agreement():
+    across = _tool("weights_across_seeds")
+    records = [{"step": s, "components": ["a", "b"],
+                "weights": {"x": [0.1 * s, 1 - 0.1 * s], **({"y": [0.5, 0.5]} if s == 1 else {})}}
+               for s in (1, 2, 3)]
+    names, final = across.final_weights(records, last=2)
+    assert names == ["a", "b"]
+    assert final["x"] == [pytest.approx(0.25), pytest.approx(0.75)]  # steps 2, 3
+    assert final["y"] == [0.5, 0.5]  # only step 1 logged it
+    top, share, corr = across.agreement([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.1, 0.3, 0.6]])
+    # argmax 0, 0, 2; deviations from the mean 1/3: corr(1,2) = 0.0967 / sqrt(0.1267 *
+    # 0.0867) = +0.923, corr(1,3) = -0.974, corr(2,3) = -0.986
+    assert (top, share) == (0, pytest.approx(2 / 3))
+    assert corr == pytest.approx((0.9226 - 0.9737 - 0.9862) / 3, abs=1e-3)
+    with pytest.raises(ValueError, match="no conductor weights"):
+        across.final_weights([], last=5)
