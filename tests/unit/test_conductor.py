@@ -128,6 +128,42 @@ def test_prompt_level_decision_has_zero_meta_gradient():
     assert g.abs().max().item() > 1e-2
 
 
+def _mean_advantage_per_action(normalization: str) -> torch.Tensor:
+    """[category, action] mean Dr.GRPO advantage of a response given its emphasis, over
+    every equally likely assignment of 2 emphasis actions to the G = 2 responses of each
+    group (a Conductor that cannot tell the responses apart). Category 0 stands high on
+    component 0, category 1 on component 1; inside each group both components vary."""
+    import itertools
+
+    from maestro_megatron.rewards.normalize import normalize_components
+    from maestro_megatron.rewards.scalarize import scalar_reward
+
+    rewards = torch.tensor([[[0.9, 0.1], [0.7, 0.3]],     # category 0
+                            [[0.1, 0.9], [0.3, 0.7]]])    # category 1: [N=2, G=2, K=2]
+    z = normalize_components(rewards, normalization).reshape(4, 2)
+    templates = emphasis_templates(2, rho=0.5)
+    total, count = torch.zeros(2, 2), torch.zeros(2, 2)
+    for actions in itertools.product(range(2), repeat=4):
+        a = torch.tensor(actions)
+        adv = group_advantages(scalar_reward(templates[a], z).view(2, 2), normalize_std=False)
+        for row in range(4):
+            total[row // 2, a[row]] += adv.flatten()[row]
+            count[row // 2, a[row]] += 1
+    return total / count
+
+
+def test_group_normalised_components_give_no_per_category_meta_reward():
+    """With per-group z-scored components every component has mean 0 inside each group,
+    so an emphasis chosen without reading the response earns a mean advantage of exactly
+    0 in every category: the Conductor can only learn a per-category pattern from what h
+    says about each response's standing in its group. Batch z-scoring keeps the
+    category's level: emphasising the component a category stands high on pays."""
+    assert _mean_advantage_per_action("group").abs().max().item() < 1e-6
+    batch = _mean_advantage_per_action("batch")
+    assert batch[0, 0] > 0.1 and batch[0, 1] < -0.1  # category 0: emphasise component 0
+    assert batch[1, 1] > 0.1 and batch[1, 0] < -0.1  # category 1: emphasise component 1
+
+
 def test_buffer_append_window_state():
     buf = MetaBuffer()
     for i in range(3):
