@@ -9,6 +9,7 @@ own groups and shares them only within the replica (TP x PP).
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 
@@ -137,8 +138,7 @@ def split_tokenize(tokenizer, parts: list[str], scored: int) -> list[list[int]]:
             if (start < hi and end > lo) if end > start else lo <= start < hi:
                 out[scored].append(tok)
             else:
-                out[max(i for i in range(len(parts)) if bounds[i] <= start)
-                    if start < bounds[-1] else len(parts) - 1].append(tok)
+                out[min(bisect.bisect_right(bounds, start), len(parts)) - 1].append(tok)
         return out
     prev: list[int] = []
     for i in range(len(parts)):
