@@ -211,9 +211,10 @@ def collected(out: Path, args) -> dict[str, list[tuple[int, dict]]]:
 
 
 def _seconds(path: Path) -> float:
+    """A run's wall_seconds; 0 when the file is missing or not a number."""
     try:
         return float(path.read_text())
-    except ValueError:
+    except (OSError, ValueError):
         return 0.0
 
 
@@ -236,7 +237,7 @@ def main() -> None:
     results = collected(out, args) if args.report_only else run_all(out, args, judge)
     seeds = sorted({s for rs in results.values() for s, _ in rs})
     minutes = sum(_seconds(out / m / f"seed_{s}" / "wall_seconds") for m in args.methods
-                  for s in args.seeds if (out / m / f"seed_{s}" / "wall_seconds").is_file()) / 60
+                  for s in args.seeds) / 60
     results = {m: [r for _, r in rs] for m, rs in results.items() if rs}
     text = table(results, seeds, minutes, args.steps)
     (out / "table.md").write_text(text + "\n")

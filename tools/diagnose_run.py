@@ -131,9 +131,8 @@ def diagnose(records: list[dict], num_windows: int) -> dict:
     group_zscores(records, components)
     report: dict = {"components": components, "categories": {}}
     for task in sorted({r["task"] for r in records}):
-        rows = []
-        for first, last, part in windows([r for r in records if r["task"] == task],
-                                         num_windows):
+        rows, mine = [], [r for r in records if r["task"] == task]
+        for first, last, part in windows(mine, num_windows):
             corr = group_correlations(part, components)
             k = len(components)
             rows.append({
@@ -149,8 +148,7 @@ def diagnose(records: list[dict], num_windows: int) -> dict:
                 "kl_seq": statistics.fmean(r["kl_seq"] for r in part),
                 "num_tokens": statistics.fmean(r["num_tokens"] for r in part)})
         report["categories"][task] = rows
-        report.setdefault("action_advantage", {})[task] = action_advantages(
-            [r for r in records if r["task"] == task], components)
+        report.setdefault("action_advantage", {})[task] = action_advantages(mine, components)
     return report
 
 

@@ -32,10 +32,14 @@ def final_weights(records: list[dict], last: int) -> tuple[list[str], dict[str, 
     return records[-1]["components"], out
 
 
-def agreement(per_seed: list[list[float]]) -> tuple[str | int, float, float | None]:
+def argmax(weights: list[float]) -> int:
+    return max(range(len(weights)), key=weights.__getitem__)
+
+
+def agreement(per_seed: list[list[float]]) -> tuple[int, float, float | None]:
     """(most common argmax, share of seeds with it, mean pairwise Pearson correlation;
     None with fewer than 2 seeds or a constant vector)."""
-    tops = [max(range(len(w)), key=w.__getitem__) for w in per_seed]
+    tops = [argmax(w) for w in per_seed]
     top, count = Counter(tops).most_common(1)[0]
     corrs = []
     for a, b in itertools.combinations(per_seed, 2):
@@ -58,9 +62,8 @@ def main() -> None:
     for cat in finals[0][1]:
         rows = [f[1][cat] for f in finals]
         for run, w in zip(args.runs, rows):
-            top = max(range(len(w)), key=w.__getitem__)
             print(f"| {cat} | {run.name} | " + " | ".join(f"{x:.2f}" for x in w)
-                  + f" | {names[top]} |")
+                  + f" | {names[argmax(w)]} |")
         top, share, corr = agreement(rows)
         print(f"| {cat} | agreement | argmax {names[top]} in {share:.0%} of runs; mean "
               f"pairwise corr {'-' if corr is None else f'{corr:+.2f}'} |" + " |" * len(names))
