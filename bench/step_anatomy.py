@@ -4,10 +4,6 @@ Conductor's outer loop, refit, checkpoint) as median seconds and share of the st
 with peak memory of the trainer and of the whole process tree (the vLLM engine too).
 
     .venv/bin/python -m bench.step_anatomy [--steps 8] [--warmup-steps 2] [--checkpoints 2]
-    .venv/bin/python -m bench.step_anatomy --spin-ab [--steps 12]
-
---spin-ab: alternate steps with vLLM's idle busy loop (1 s, its default) and ours (0 on
-CPU: maestro_megatron/rollout/vllm_idle.py) in the same run, and print both anatomies.
 
 The stage timings are the trainer's own `timing/*` metrics (trainer/loop.py); the
 checkpoint is the trainer's `save_step`, timed here (a run writes one only every
@@ -56,32 +52,6 @@ def stage_rows(rows: list[dict], checkpoint_s: list[float]) -> list[list]:
     return out
 
 
-def spin_ab(state, first: int, steps: int) -> dict[str, list[dict]]:
-    """Steps alternating (ABBA) between vLLM's 1 s idle busy loop and ours, 0 s."""
-    rows = {"vllm_busy_loop_1s": [], "parked_0s": []}
-    seconds = {"vllm_busy_loop_1s": 1.0, "parked_0s": 0.0}
-    step = first
-    for pair in range(steps // 2):
-        order = list(rows) if pair % 2 == 0 else list(rows)[::-1]
-        for name in order:
-            state.engine.llm.collective_rpc("maestro_set_busy_loop", args=(seconds[name],))
-            rows[name] += run_steps(state, step, 1)
-            step += 1
-    state.engine.llm.collective_rpc("maestro_set_busy_loop", args=(0.0,))
-    return rows
-
-
-def print_spin_ab(rows: dict[str, list[dict]]) -> dict:
-    tables = {name: stage_rows(rs, []) for name, rs in rows.items()}
-    a, b = tables["vllm_busy_loop_1s"], tables["parked_0s"]
-    by_name = {r[0]: r[1] for r in b}
-    print(table(["stage", "busy loop 1 s (vLLM)", "parked (ours)", "ours / vLLM's"],
-                [[r[0], r[1], by_name.get(r[0], float("nan")),
-                  by_name.get(r[0], float("nan")) / r[1] if r[1] else float("nan")]
-                 for r in a]))
-    return {name: {r[0].strip(): r[1] for r in t} for name, t in tables.items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=8, help="measured steps")
@@ -89,18 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoints", type=int, default=2, help="save_step calls to time")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="recipe overrides, e.g. grpo.group_size=8")
-    p.add_argument("--spin-ab", action="store_true",
-                   help="vLLM's idle busy loop against ours, interleaved")
     args = p.parse_args(argv)
     recipe = bench_recipe("step_anatomy", args.set)
-    if args.spin_ab:
-        with open_run(recipe) as state:
-            run_steps(state, 1, args.warmup_steps)
-            rows = spin_ab(state, 1 + args.warmup_steps, args.steps)
-        medians = print_spin_ab(rows)
-        record("step_anatomy_spin_ab", {"steps": args.steps, "overrides": args.set},
-               {"median_s": medians})
-        return 0
     with PeakRSS() as mem, open_run(recipe) as state:
         run_steps(state, 1, args.warmup_steps)
         rows = run_steps(state, 1 + args.warmup_steps, args.steps)

@@ -8,10 +8,6 @@ plain bytes/ints, so vLLM's msgpack transport carries them without pickle
 
 from __future__ import annotations
 
-from maestro_megatron.rollout.vllm_idle import park_idle_readers, set_busy_loop
-
-park_idle_readers()  # on CPU the idle worker parks instead of spinning (vllm_idle.py)
-
 
 class RefitWorkerExtension:
     """Refit entry points for a vLLM worker (`self` is the vLLM worker)."""
@@ -27,11 +23,6 @@ class RefitWorkerExtension:
         if any(name.endswith("embed_tokens.weight") for name in tensors):
             self.maestro_refresh_tied_head()
         return len(tensors)
-
-    def maestro_set_busy_loop(self, seconds: float) -> None:
-        """The idle worker's busy-loop seconds (bench/step_anatomy.py --spin-ab compares
-        vLLM's 1 s with our 0, step by step in one run)."""
-        set_busy_loop(float(seconds))
 
     def maestro_refresh_tied_head(self) -> None:
         """Re-run the output head's post-load processing after a tied embedding changed.
