@@ -1,21 +1,22 @@
 """Our trainer against TRL's GRPOTrainer on the same tiny GRPO configuration.
 
     bash bench/setup_trl.sh                      # once: TRL in bench/.venv-trl only
-    .venv/bin/python -m bench.against_trl [--rollouts 4]
+    .venv/bin/python -m bench.against_trl [--steps 12] [--order ABBA]
 
 Both train the warmed tiny policy (4 layers, hidden 128, vocabulary 512) on the
-built-in train prompts through its chat template: N=8 prompts x G=4 responses of at
-most 48 tokens per rollout batch, 4 optimizer steps per batch, lr 1e-4, KL beta 0.05
-against the frozen reference, and the same three rewards with equal weights (fmt, len,
-pref = our MiniLM embedding scorer's code in both). The figure is seconds per rollout
-batch (= one of our steps = 4 TRL optimizer steps), median after the first.
+built-in train prompts as plain text (`prompt + "\\n"`): N=8 prompts x G=4 responses
+of at most 48 tokens per step, ONE optimizer step per rollout batch (all 32 rows),
+lr 1e-4, KL beta 0.05 against the frozen reference, eps 0.2 / 0.28, and the same two
+rewards at equal weights (fmt and len, our components' own code in both). The figure
+is seconds per step, median over steps 3..N of every run of a trainer.
 
-What each includes: ours: vLLM rollout (engine in its own processes), policy and
-reference forwards, rewards, the update, refit of the engine, logging. TRL: generation
-with transformers `generate` in the training process, its reference forward, rewards,
-the 4 updates, logging. Our full MAESTRO step (5 rewards with the r_ppl proxy forward,
-the Conductor) is bench/step_anatomy.py. Without bench/.venv-trl the TRL half is
-reported as not run, and why.
+The runs alternate as whole processes in the order given (default A B B A: ours, TRL,
+TRL, ours), so a drift of the machine's speed falls on both. What each includes: ours:
+vLLM rollout (engine in its own processes), the policy and reference forwards, rewards,
+the update, refit of the engine, logging; TRL: generation with transformers `generate`
+in the training process, its reference forward, rewards, the update, logging. Our full
+MAESTRO step (5 rewards with the r_ppl proxy forward, the Conductor) is
+bench/step_anatomy.py. Without bench/.venv-trl the TRL half is reported as not run.
 """
 
 from __future__ import annotations
@@ -27,26 +28,40 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import REPO, WORK, base_model, median, record, table
+from bench.common import REPO, WORK, base_model, median, quiet_machine, record, table
 from bench.driver import STEP_KEY, bench_recipe, open_run, run_steps
 
 TRL_PYTHON = Path(__file__).resolve().parent / ".venv-trl" / "bin" / "python"
-SAME_CONFIG = ["rewards.components=[fmt,len,pref]", "scalarizer.name=equal"]
+SAME_CONFIG = ["rewards.components=[fmt,len]", "scalarizer.name=equal",
+               "grpo.num_minibatches=1", "data.prompt_format=plain"]
+"""Our side of the shared configuration (the rest is the tiny recipe: N, G, lengths,
+lr, beta, eps); bench/trl_grpo.py sets the same values on TRL's side."""
+FIRST_COUNTED = 3
+STAGES = ["rollout", "forward", "forward/policy", "forward/reference", "rewards", "train",
+          "refit"]
 
 
-def ours(rollouts: int) -> list[float]:
-    """Step seconds of our trainer on the shared configuration (first step dropped)."""
+def ours(steps: int) -> dict:
+    """Per-step seconds (and stage seconds) of our trainer on the shared configuration."""
     with open_run(bench_recipe("against_trl_ours", SAME_CONFIG)) as state:
-        rows = run_steps(state, 1, rollouts)
-    return [r[STEP_KEY] for r in rows]
+        rows = run_steps(state, 1, steps)
+    return {"step_s": [r[STEP_KEY] for r in rows],
+            "stages_s": {s: [r.get(f"timing/{s}", 0.0) for r in rows] for s in STAGES}}
 
 
-def trl(rollouts: int) -> dict:
+def ours_in_child(steps: int) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+        subprocess.run([sys.executable, "-m", "bench.against_trl", "--steps", str(steps),
+                        "--ours-only", tmp.name], check=True, cwd=REPO)
+        return json.loads(Path(tmp.name).read_text())
+
+
+def trl(steps: int) -> dict:
     if not TRL_PYTHON.is_file():
         return {"error": f"{TRL_PYTHON} missing: run bash bench/setup_trl.sh"}
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         proc = subprocess.run([str(TRL_PYTHON), str(REPO / "bench" / "trl_grpo.py"),
-                               "--model", str(base_model()), "--rollouts", str(rollouts),
+                               "--model", str(base_model()), "--steps", str(steps),
                                "--out", out.name, "--workdir", str(WORK / "trl")],
                               cwd=REPO, capture_output=True, text=True)
         if proc.returncode:
@@ -55,34 +70,49 @@ def trl(rollouts: int) -> dict:
         return json.loads(Path(out.name).read_text())
 
 
+def counted(runs: list[list[float]]) -> list[float]:
+    """Steps FIRST_COUNTED.. of every run, pooled (start-up steps dropped)."""
+    return [s for run in runs for s in run[FIRST_COUNTED - 1:]]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rollouts", type=int, default=4, help="rollout batches per trainer")
+    p.add_argument("--steps", type=int, default=12, help="steps per run of each trainer")
+    p.add_argument("--order", default="ABBA", help="runs in order, A = ours, B = TRL")
     p.add_argument("--ours-only", type=Path, help=argparse.SUPPRESS)  # child process
     args = p.parse_args(argv)
     if args.ours_only:
-        args.ours_only.write_text(json.dumps(ours(args.rollouts)))
+        args.ours_only.write_text(json.dumps(ours(args.steps)))
         return 0
-    with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
-        subprocess.run([sys.executable, "-m", "bench.against_trl", "--rollouts",
-                        str(args.rollouts), "--ours-only", tmp.name], check=True, cwd=REPO)
-        our_steps = json.loads(Path(tmp.name).read_text())
-    theirs = trl(args.rollouts)
-    res = {"ours_step_s": our_steps, "ours_median_s": median(our_steps[1:])}
+    load = quiet_machine()
+    runs: dict[str, list] = {"A": [], "B": []}
+    for which in args.order:
+        res = ours_in_child(args.steps) if which == "A" else trl(args.steps)
+        if "error" in res:
+            print(f"TRL not run: {res['error']}\n{res.get('stderr_tail', '')}")
+            break
+        runs[which].append(res)
+    our_steps = counted([r["step_s"] for r in runs["A"]])
+    res = {"ours_step_s": [r["step_s"] for r in runs["A"]],
+           "ours_median_s": median(our_steps),
+           "ours_stage_median_s": {s: median(counted([r["stages_s"][s] for r in runs["A"]]))
+                                   for s in STAGES}}
     rows = [["ours (megatron-core + vLLM)", len(our_steps), res["ours_median_s"], 1.0]]
-    if "rollout_s" in theirs:
-        res.update(trl_rollout_s=theirs["rollout_s"], trl_version=theirs["trl"],
-                   trl_median_s=median(theirs["rollout_s"][1:]))
+    if runs["B"]:
+        trl_steps = counted([r["step_s"] for r in runs["B"]])
+        res.update(trl_step_s=[r["step_s"] for r in runs["B"]], trl_version=runs["B"][0]["trl"],
+                   trl_median_s=median(trl_steps))
         res["ours_over_trl"] = res["ours_median_s"] / res["trl_median_s"]
-        rows.append([f"TRL {theirs['trl']} GRPOTrainer", len(theirs["rollout_s"]),
+        rows.append([f"TRL {res['trl_version']} GRPOTrainer", len(trl_steps),
                      res["trl_median_s"], res["trl_median_s"] / res["ours_median_s"]])
-    else:
-        res["trl_error"] = theirs["error"]
-        print(f"TRL not run: {theirs['error']}\n{theirs.get('stderr_tail', '')}")
-    print(table(["trainer", "rollout batches", "median s per batch", "x ours"], rows))
+    print(table(["trainer", "steps counted", "median s per step", "x ours"], rows))
+    print(table(["our stage", "median s"], [[s, v] for s, v in
+                                            res["ours_stage_median_s"].items()]))
     if "ours_over_trl" in res:
         print(f"ours / TRL: {res['ours_over_trl']:.2f} (target <= 1)")
-    record("against_trl", {"rollouts": args.rollouts, "overrides": SAME_CONFIG}, res)
+    record("against_trl", {"steps": args.steps, "order": args.order,
+                           "first_counted_step": FIRST_COUNTED, "overrides": SAME_CONFIG},
+           res, load_at_start=load)
     return 0
 
 

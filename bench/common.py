@@ -2,8 +2,10 @@
 peak memory of a process tree, and the warmed tiny model the step benchmarks start from.
 
 Benchmarks are scripts, not tests: each prints a table and appends one JSON line to
-`bench/results.jsonl` (or `$MAESTRO_BENCH_RESULTS`). On a shared machine absolute
-seconds are noisy; the figures that count are ratios measured side by side in one run.
+`bench/results.jsonl` (or `$MAESTRO_BENCH_RESULTS`). A benchmark refuses to start on a
+busy machine (1-minute load above MAX_LOAD, `quiet_machine`); with
+MAESTRO_BENCH_ALLOW_LOAD=1 it runs anyway and its row says `"loaded": true`. The
+figures that count are ratios measured side by side in one run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(os.environ.get("MAESTRO_BENCH_RESULTS", REPO / "bench" / "results.jsonl"))
 WORK = Path(os.environ.get("MAESTRO_BENCH_DIR", "/tmp/maestro-bench"))
+MAX_LOAD = 1.5
+"""Highest 1-minute load average at a benchmark's start (2 cores: above it, other work
+takes a core's worth of time and every stage stretches)."""
+ALLOW_LOAD_ENV = "MAESTRO_BENCH_ALLOW_LOAD"
 """Scratch space: the warmed base model, run directories, converted checkpoints."""
 
 
@@ -45,14 +51,35 @@ def machine() -> dict:
             "python": platform.python_version(), "commit": commit}
 
 
-def record(bench: str, config: dict, results: dict) -> dict:
-    """Append one JSON line {bench, machine, config, results} to the results file."""
-    row = {"bench": bench, "machine": machine(), "config": config, "results": results}
+def quiet_machine(max_load: float = MAX_LOAD) -> float:
+    """The 1-minute load average now; exits (status 3) when it is above `max_load`,
+    unless MAESTRO_BENCH_ALLOW_LOAD=1 (then the row is marked loaded by `record`)."""
+    load = os.getloadavg()[0]
+    if load > max_load and os.environ.get(ALLOW_LOAD_ENV) != "1":
+        print(f"error: the 1-minute load average is {load:.2f} (> {max_load}): other work "
+              f"is running, and every figure would stretch with it. Wait for an idle "
+              f"machine, or set {ALLOW_LOAD_ENV}=1 to run anyway (the row is marked "
+              f"loaded).", file=sys.stderr)
+        raise SystemExit(3)
+    return load
+
+
+def record(bench: str, config: dict, results: dict, load_at_start: float | None = None
+           ) -> dict:
+    """Append one JSON line {bench, machine, config, results} to the results file.
+    load_at_start: `quiet_machine`'s reading; with the load at the end it sets
+    machine.loaded (either above MAX_LOAD)."""
+    info = machine()
+    if load_at_start is not None:
+        info["load_avg_1m_start"] = round(load_at_start, 2)
+        info["loaded"] = max(load_at_start, info["load_avg_1m"]) > MAX_LOAD
+    row = {"bench": bench, "machine": info, "config": config, "results": results}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as f:
         f.write(json.dumps(row) + "\n")
-    print(f"[{bench}] appended to {RESULTS} ({row['machine']['cpu']}, "
-          f"{row['machine']['cores']} cores, load {row['machine']['load_avg_1m']})")
+    loads = f"load {info.get('load_avg_1m_start', '?')} -> {info['load_avg_1m']}"
+    print(f"[{bench}] appended to {RESULTS} ({info['cpu']}, {info['cores']} cores, {loads}"
+          f"{', LOADED' if info.get('loaded') else ''})")
     return row
 
 

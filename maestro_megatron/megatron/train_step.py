@@ -44,15 +44,17 @@ def global_counts(response_mask: torch.Tensor, groups: ParallelGroups) -> Global
 def grpo_loss_fn(grpo: GRPOConfig, counts: GlobalCounts):
     """loss_fn for `run_forward_backward`: this micro-batch's share of the global loss.
 
-    The micro-batch carries extras "old_logprobs" [b, S], "advantages" [b] and, for
+    The micro-batch carries extras "advantages" [b], "old_logprobs" [b, S] (absent: the
+    update is on-policy, old = this pass's own log-probs, detached: ratio 1) and, for
     kl_in_loss, "ref_logprobs" [b, S]. Metrics are token-weighted SUMS (reduced later).
     """
 
     def fn(logprobs, entropy, h, micro_batch: SequenceBatch):
         mask = micro_batch.response_mask.to(logprobs.dtype)
         extras = micro_batch.extras
+        old = extras["old_logprobs"] if "old_logprobs" in extras else logprobs.detach()
         loss, pm = policy_loss(
-            logprobs, extras["old_logprobs"], extras["advantages"], mask,
+            logprobs, old, extras["advantages"], mask,
             eps_low=grpo.eps_low, eps_high=grpo.eps_high, dual_clip=grpo.dual_clip,
             agg=grpo.loss_agg, num_global_tokens=counts.num_tokens,
             num_global_seqs=counts.num_seqs, max_len=counts.max_len)
@@ -120,19 +122,24 @@ def sft_loss_fn(counts: GlobalCounts):
 
 def grpo_train_step(model_chunks: list[torch.nn.Module], optimizer, scheduler,
                     batch: SequenceBatch, grpo: GRPOConfig, groups: ParallelGroups,
-                    *, vocab_size: int) -> dict[str, float]:
+                    *, vocab_size: int, outputs: list | None = None) -> dict[str, float]:
     """One policy update on this rank's share of the batch.
 
-    batch.extras: "old_logprobs" [B, S], "advantages" [B], optional "ref_logprobs" [B, S].
+    batch.extras: "advantages" [B], "old_logprobs" [B, S] (absent: on-policy, see
+    `grpo_loss_fn`), optional "ref_logprobs" [B, S].
     Returns metrics (train/loss, train/clip_frac, train/entropy, train/kl when the
     reference is given: token means over the global batch; train/grad_norm, train/lr)
-    on last-stage ranks, and {"train/grad_norm", "train/lr"} elsewhere.
+    on last-stage ranks, and {"train/grad_norm", "train/lr"} elsewhere. outputs: when
+    given, the pass's ForwardOutput (last stage; None elsewhere) is appended: the
+    policy's log-probs, entropy and h BEFORE this update.
     """
     counts = global_counts(batch.response_mask, groups)
     out, step = optimizer_step(model_chunks, optimizer, scheduler, batch, groups,
                                loss_fn=grpo_loss_fn(grpo, counts),
                                micro_batch_size=grpo.micro_batch_size, vocab_size=vocab_size)
     metrics = {f"train/{k}": v for k, v in step.items()}
+    if outputs is not None:
+        outputs.append(out)
     if out is not None:
         metrics.update(reduce_metrics(out.metrics, groups, "train"))
     return metrics

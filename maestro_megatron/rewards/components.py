@@ -3,7 +3,8 @@
 Each returns a float per response, [B]. The registry `REWARDS` maps a recipe name to a
 `RewardSpec`: an adapter `(RewardBatch, options) -> [B]` and the inputs it needs that
 cost a forward or a model (`NEEDS_PROXY`: the r_ppl proxy forward of prompt + reasoning
-+ reference; `NEEDS_SCORER`: a preference scorer), so the trainer asks the registry
++ reference; `NEEDS_SCORER`: a preference scorer; `NEEDS_POLICY`: the policy's entropy or
+log-probs before the update), so the trainer asks the registry
 what to compute instead of testing names. New components are a function plus
 `@register_reward("name", needs=...)`.
 """
@@ -24,6 +25,8 @@ from maestro_megatron.rewards.batch import RewardBatch
 RewardFn = Callable[[RewardBatch, object], torch.Tensor]
 NEEDS_PROXY = "proxy_forward"
 NEEDS_SCORER = "pref_scorer"
+NEEDS_POLICY = "policy_forward"
+"""The policy's own forward of the step's responses before the update (entropy, log-probs)."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ def _fmt(batch: RewardBatch, opts) -> torch.Tensor:
     return fmt_reward(batch.responses, opts.pattern)
 
 
-@register_reward("ent")
+@register_reward("ent", needs=(NEEDS_POLICY,))
 def _ent(batch: RewardBatch, opts) -> torch.Tensor:
     batch.require("entropy", "response_mask")
     return ent_reward(batch.entropy, batch.response_mask, batch.vocab_size, opts.mode,
@@ -192,7 +195,7 @@ def seq_logprob_reward(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return _masked_mean(logprobs, mask)
 
 
-@register_reward("seq_logprob")
+@register_reward("seq_logprob", needs=(NEEDS_POLICY,))
 def _seq_logprob(batch: RewardBatch, opts) -> torch.Tensor:
     batch.require("policy_logprobs", "response_mask")
     return seq_logprob_reward(batch.policy_logprobs, batch.response_mask)

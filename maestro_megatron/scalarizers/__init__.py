@@ -17,10 +17,10 @@ from maestro_megatron.scalarizers.base import (
 from maestro_megatron.scalarizers.conductor import ConductorScalarizer
 from maestro_megatron.scalarizers.dynaopt import DynaoptScalarizer
 from maestro_megatron.scalarizers.fixed import EqualScalarizer, RandomScalarizer, SingleScalarizer
-from maestro_megatron.scalarizers.step import Scalarized, scalarize_step
+from maestro_megatron.scalarizers.step import Scalarized, scalarize_step, sequence_kl
 
 __all__ = ["SCALARIZERS", "ConductorScalarizer", "DynaoptScalarizer", "EqualScalarizer",
            "RandomScalarizer",
            "ReplicaSync", "Scalarization", "Scalarized", "Scalarizer", "ScalarizerContext",
            "SingleScalarizer", "build_scalarizer", "register_scalarizer", "scalarize_step",
-           "step_uniforms"]
+           "sequence_kl", "step_uniforms"]

@@ -78,6 +78,9 @@ class ReplicaSync:
 class Scalarizer:
     """Base class with no-op hooks; subclasses implement `__call__` and `from_recipe`."""
 
+    needs_hidden: bool = False
+    """Whether `__call__` reads ctx.h (the policy forward's hidden states)."""
+
     def __init__(self, num_components: int):
         self.num_components = num_components
 

@@ -40,6 +40,8 @@ class ConductorScalarizer(Scalarizer):
     """conductor: the policy head; lr: its Adam learning rate; ent_coef: lambda_ent;
     schedule: the two-timescale cadence (M, E, buffer policy)."""
 
+    needs_hidden = True
+
     def __init__(self, conductor: Conductor, *, lr: float, ent_coef: float,
                  schedule: TwoTimescale = TwoTimescale()):
         super().__init__(conductor.num_components)

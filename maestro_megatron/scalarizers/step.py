@@ -55,7 +55,14 @@ class Scalarized:
         return self.used.actions
 
 
-def scalarize_step(scalarizer: Scalarizer, rewards: torch.Tensor, *, logprobs: torch.Tensor,
+def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                response_mask: torch.Tensor, kind: str) -> torch.Tensor:
+    """[B, S] policy and reference log-probs -> [B] per-sequence mean KL estimate (CPU)."""
+    return masked_seq_mean(kl_estimate(logprobs, ref_logprobs, kind), response_mask).cpu()
+
+
+def scalarize_step(scalarizer: Scalarizer, rewards: torch.Tensor, *,
+                   logprobs: torch.Tensor | None,
                    ref_logprobs: torch.Tensor, response_mask: torch.Tensor,
                    h: torch.Tensor | None, step: int, uniforms: torch.Tensor, grpo,
                    normalization: str = "group", tasks: tuple[str, ...] = (),
@@ -67,6 +74,8 @@ def scalarize_step(scalarizer: Scalarizer, rewards: torch.Tensor, *, logprobs: t
     (group_size, kl_kind, kl_coef, kl_in_loss, adv_eps, normalize_std).
 
     B must hold whole groups. KL goes into R unless grpo.kl_in_loss (then beta = 0 here).
+    logprobs None (no policy forward before the update; kl_in_loss only): kl_seq is
+    zeros until the caller sets it from the update's own pass (`sequence_kl`).
     reduce_sum (sum over data-parallel ranks) makes batch-level statistics global.
     """
     g, k = grpo.group_size, rewards.shape[1]
@@ -85,8 +94,10 @@ def scalarize_step(scalarizer: Scalarizer, rewards: torch.Tensor, *, logprobs: t
                             uniforms=uniforms, group_size=g, tasks=tuple(tasks),
                             task_ids=task_ids, h=h)
     used = scalarizer(ctx)
-    kl_seq = masked_seq_mean(kl_estimate(logprobs, ref_logprobs, grpo.kl_kind),
-                             response_mask).cpu()
+    if logprobs is None and not grpo.kl_in_loss:
+        raise ValueError("a KL in the reward needs the policy's log-probs (logprobs=None)")
+    kl_seq = (torch.zeros(rewards.shape[0]) if logprobs is None else
+              sequence_kl(logprobs, ref_logprobs, response_mask, grpo.kl_kind))
     beta = 0.0 if grpo.kl_in_loss else grpo.kl_coef
     scores = scalar_reward(used.weights, normalised, kl_seq, beta)
     estimator = ADVANTAGE_ESTIMATORS[grpo.advantage_estimator]

@@ -19,7 +19,7 @@ from maestro_megatron.config import Recipe
 from maestro_megatron.data.packing import SequenceBatch, minibatch_rows
 from maestro_megatron.megatron.train_step import grpo_train_step
 from maestro_megatron.rollout import SamplingConfig, refit_policy
-from maestro_megatron.scalarizers import step_uniforms
+from maestro_megatron.scalarizers import sequence_kl, step_uniforms
 from maestro_megatron.trainer.checkpoint import save_step
 from maestro_megatron.trainer.faults import enter_step, fault_point
 from maestro_megatron.trainer.finish import finish_run
@@ -33,6 +33,7 @@ from maestro_megatron.trainer.signals import (
 )
 from maestro_megatron.trainer.steps import (
     forward_step,
+    policy_forward_needed,
     reward_step,
     rollout_records,
     scalarize_step,
@@ -101,19 +102,22 @@ def run_step(state: RunState, step: int) -> bool:
     enter_step(step)  # the step MAESTRO_FAULT's testing hooks compare (trainer/faults.py)
     with timer("rollout"):
         local = rollout_step(state, step)
+    policy_first = policy_forward_needed(recipe)
     with timer("forward"):
         fwd = forward_step(models, local, recipe, groups, models.tokenizer.pad_token_id,
-                           times=timer.times)
-    sc = None
+                           times=timer.times, policy=policy_first)
+    sc = records = task_weights = None
     if groups.is_last_stage:
         with timer("rewards"):
             rewards = reward_step(recipe, local, fwd, state.scorer, models.cfg.vocab_size,
                                   times=timer.times)
         with timer("scalarize"):  # the scalarizer's weights, R and advantages
             sc = scalarize_step(
-                state.scalarizer, rewards, logprobs=fwd.policy.logprobs,
+                state.scalarizer, rewards,
+                logprobs=fwd.policy.logprobs if policy_first else None,
                 ref_logprobs=fwd.reference.logprobs, response_mask=fwd.sequences.response_mask,
-                h=fwd.policy.h, step=step, grpo=g, normalization=recipe.rewards.normalization,
+                h=fwd.policy.h if policy_first else None, step=step, grpo=g,
+                normalization=recipe.rewards.normalization,
                 uniforms=step_uniforms(recipe.scalarizer.seed, step,
                                        g.num_prompts_per_step * g.group_size,
                                        groups.dp_rank * state.prompts_per_rank * g.group_size,
@@ -122,14 +126,19 @@ def run_step(state: RunState, step: int) -> bool:
                 task_ids=torch.tensor([state.task_index[t]
                                        for t in local.per_response(local.tasks)]),
                 reduce_sum=state.sync.sum_over_dp)
+    if groups.is_last_stage and policy_first:
         with timer("metrics"):
-            step_stats, task_weights = step_metrics(recipe, local, sc, fwd, groups)
-            metrics.update(step_stats)
-            if recipe.run.log_rollouts:
-                records = rollout_records(recipe, local, sc, groups,
-                                          groups.dp_rank * state.prompts_per_rank)
+            task_weights, records = metrics_step(state, local, sc, fwd, metrics)
     with timer("train"):
-        metrics.update(train_step(state, fwd, sc, local.truncated))
+        passes = []
+        metrics.update(train_step(state, fwd, sc, local.truncated,
+                                  outputs=None if policy_first else passes))
+    if groups.is_last_stage and not policy_first:
+        with timer("metrics"):  # from the update's own pass: the weights before it
+            fwd.policy = passes[0]
+            sc.kl_seq = sequence_kl(fwd.policy.logprobs, fwd.reference.logprobs,
+                                    fwd.sequences.response_mask, g.kl_kind)
+            task_weights, records = metrics_step(state, local, sc, fwd, metrics)
     if sc is not None:
         with timer("scalarizer_update"):
             state.scalarizer.observe(sc.context, sc.used, sc.advantages)
@@ -151,6 +160,19 @@ def run_step(state: RunState, step: int) -> bool:
         save_step(state, step)
         return True
     return False
+
+
+def metrics_step(state: RunState, local, sc, fwd, metrics: dict):
+    """The step's merged metrics into `metrics`; -> (per-task weights, rollout records
+    or None). Collective over data-parallel ranks."""
+    recipe, groups = state.recipe, state.groups
+    step_stats, task_weights = step_metrics(recipe, local, sc, fwd, groups)
+    metrics.update(step_stats)
+    records = None
+    if recipe.run.log_rollouts:
+        records = rollout_records(recipe, local, sc, groups,
+                                  groups.dp_rank * state.prompts_per_rank)
+    return task_weights, records
 
 
 def rollout_step(state: RunState, step: int):
@@ -178,16 +200,20 @@ def rollout_step(state: RunState, step: int):
     return broadcast_rollouts(batch).groups_slice(first, per_rank)
 
 
-def train_step(state: RunState, fwd, sc, truncated: list[bool]) -> dict[str, float]:
+def train_step(state: RunState, fwd, sc, truncated: list[bool],
+               outputs: list | None = None) -> dict[str, float]:
     """The GRPO policy update on this rank's rows (advantages live on the last stage):
-    ppo_epochs x num_minibatches optimizer steps, old log-probs from the rollout policy.
-    Returns the metrics' mean over the optimizer steps (train/lr: the last one)."""
+    ppo_epochs x num_minibatches optimizer steps, old log-probs from the rollout policy
+    (`fwd.policy`; without it the update is on-policy and uses its own, detached).
+    Returns the metrics' mean over the optimizer steps (train/lr: the last one);
+    outputs: see `grpo_train_step` (one optimizer step only)."""
     g, device, (rows, seq) = state.recipe.grpo, state.device, fwd.sequences.tokens.shape
     zeros = torch.zeros(rows, seq, device=device)
     advantages = sc.advantages if sc is not None else torch.zeros(rows)
     extras = {"advantages": advantages.to(device),
-              "old_logprobs": fwd.policy.logprobs if fwd.policy is not None else zeros,
               "ref_logprobs": fwd.reference.logprobs if fwd.reference is not None else zeros}
+    if outputs is None:
+        extras["old_logprobs"] = fwd.policy.logprobs if fwd.policy is not None else zeros
     mask = fwd.sequences.response_mask
     if g.mask_truncated:
         mask = mask * (1.0 - torch.tensor(truncated, dtype=mask.dtype))[:, None]
@@ -201,7 +227,8 @@ def train_step(state: RunState, fwd, sc, truncated: list[bool]) -> dict[str, flo
             steps.append(grpo_train_step(state.models.policy, state.optimizer,
                                          state.scheduler,
                                          batch if part is None else batch.rows(part), g,
-                                         state.groups, vocab_size=state.models.cfg.vocab_size))
+                                         state.groups, vocab_size=state.models.cfg.vocab_size,
+                                         outputs=outputs))
             fault_point("train")  # MAESTRO_FAULT=train@N dies after the first one
     metrics = {k: sum(m[k] for m in steps) / len(steps) for k in steps[0]}
     metrics["train/lr"] = steps[-1]["train/lr"]

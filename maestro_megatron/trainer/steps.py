@@ -18,8 +18,14 @@ from maestro_megatron.config.schema import Recipe
 from maestro_megatron.data.packing import SequenceBatch
 from maestro_megatron.megatron.forward import ForwardOutput, forward_logprobs
 from maestro_megatron.megatron.parallel import ParallelGroups
-from maestro_megatron.rewards import NEEDS_PROXY, RewardBatch, compute_rewards, reward_needs
-from maestro_megatron.scalarizers import Scalarized, scalarize_step
+from maestro_megatron.rewards import (
+    NEEDS_POLICY,
+    NEEDS_PROXY,
+    RewardBatch,
+    compute_rewards,
+    reward_needs,
+)
+from maestro_megatron.scalarizers import SCALARIZERS, Scalarized, scalarize_step
 from maestro_megatron.trainer.rollouts import (
     AnswerView,
     RolloutBatch,
@@ -29,7 +35,8 @@ from maestro_megatron.trainer.rollouts import (
 )
 
 __all__ = ["Forwards", "MetricView", "Scalarized", "forward_step", "merge_metric_views",
-           "metric_view", "reward_step", "rollout_records", "scalarize_step", "step_metrics"]
+           "metric_view", "policy_forward_needed", "reward_step", "rollout_records",
+           "scalarize_step", "step_metrics"]
 
 
 @dataclass
@@ -38,6 +45,8 @@ class Forwards:
 
     sequences: SequenceBatch
     policy: ForwardOutput | None
+    """None also when the step needs no policy forward before the update
+    (`policy_forward_needed`); the loop then sets it from the update's own pass."""
     reference: ForwardOutput | None
     proxy: ForwardOutput | None
     """r_ppl's forward of prompt + reasoning + reference (None when no component needs it)."""
@@ -55,15 +64,36 @@ def timed(times: dict[str, float] | None, name: str):
         times[f"timing/{name}"] = time.perf_counter() - start
 
 
+def policy_forward_needed(recipe: Recipe) -> bool:
+    """Whether a step needs the policy's forward before its update.
+
+    Not when the update is one optimizer step over the whole batch (ppo_epochs 1, one
+    mini-batch, no truncation mask) with the KL in the loss, and neither a reward
+    component (NEEDS_POLICY) nor the scalarizer (h) reads the policy's outputs first:
+    the old log-probs are then the update pass's own, detached (ratio 1, as a separate
+    forward of the same weights gives), and that pass's outputs (log-probs, entropy,
+    h of the weights before the update) feed the step's KL and refit-check metrics.
+    The same answer on every rank (from the recipe alone).
+    """
+    g = recipe.grpo
+    on_policy = g.ppo_epochs == 1 and g.num_minibatches == 1 and not g.mask_truncated
+    return not (on_policy and g.kl_in_loss and not SCALARIZERS[recipe.scalarizer.name].needs_hidden
+                and NEEDS_POLICY not in reward_needs(recipe.rewards.components))
+
+
 def forward_step(models, local: RolloutBatch, recipe: Recipe, groups: ParallelGroups,
-                 pad_id: int, times: dict[str, float] | None = None) -> Forwards:
-    """Policy (old logprobs, entropy, h), reference (KL), and the r_ppl proxy forward;
-    times: see `timed` (forward/policy, forward/reference, forward/proxy)."""
+                 pad_id: int, times: dict[str, float] | None = None,
+                 policy: bool = True) -> Forwards:
+    """Policy (old logprobs, entropy, h; skipped when `policy` is False), reference
+    (KL), and the r_ppl proxy forward; times: see `timed` (forward/policy,
+    forward/reference, forward/proxy)."""
     seq_len, vocab = models.cfg.seq_length, models.cfg.vocab_size
     kw = dict(micro_batch_size=recipe.grpo.micro_batch_size, vocab_size=vocab)
     sequences = response_sequences(local, pad_id, seq_len)
-    with timed(times, "forward/policy"):
-        policy = forward_logprobs(models.policy, sequences, groups, **kw)
+    policy_out = None
+    if policy:
+        with timed(times, "forward/policy"):
+            policy_out = forward_logprobs(models.policy, sequences, groups, **kw)
     with timed(times, "forward/reference"):
         reference = forward_logprobs(models.reference, sequences, groups, **kw)
     proxy = answers = None
@@ -74,7 +104,7 @@ def forward_step(models, local: RolloutBatch, recipe: Recipe, groups: ParallelGr
             proxy_model = (models.policy if recipe.rewards.ppl.proxy == "policy"
                            else models.reference)
             proxy = forward_logprobs(proxy_model, answers.sequences, groups, **kw)
-    return Forwards(sequences, policy, reference, proxy, answers)
+    return Forwards(sequences, policy_out, reference, proxy, answers)
 
 
 def reward_step(recipe: Recipe, local: RolloutBatch, fwd: Forwards, scorer,
@@ -85,14 +115,15 @@ def reward_step(recipe: Recipe, local: RolloutBatch, fwd: Forwards, scorer,
         prompts=local.per_response(local.prompts), responses=local.response_texts,
         references=local.per_response(local.references),
         response_lengths=torch.tensor([len(r) for r in local.response_ids]),
-        vocab_size=vocab_size, entropy=fwd.policy.entropy,
+        vocab_size=vocab_size, entropy=None if fwd.policy is None else fwd.policy.entropy,
         response_mask=fwd.sequences.response_mask,
         proxy_answer_logprobs=None if fwd.proxy is None else fwd.proxy.logprobs,
         proxy_answer_mask=None if fwd.answers is None else fwd.answers.sequences.response_mask,
         proxy_answer_skipped=None if fwd.answers is None else fwd.answers.skipped,
         reasoning_tokens=None if fwd.answers is None else fwd.answers.reasoning_tokens,
         proxy_response_logprobs=fwd.reference.logprobs, pref_scorer=scorer,
-        policy_logprobs=fwd.policy.logprobs, group_size=local.group_size)
+        policy_logprobs=None if fwd.policy is None else fwd.policy.logprobs,
+        group_size=local.group_size)
     return compute_rewards(batch, recipe.rewards.components, recipe.rewards, times=times)
 
 

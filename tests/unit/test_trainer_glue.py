@@ -283,3 +283,26 @@ def test_a_failure_names_its_stage_and_step():
         with timer("rollout"):
             raise RuntimeError("EngineCore died")
     assert "stage 'rollout' of step 7" in "\n".join(info.value.__notes__)
+
+
+@pytest.mark.parametrize("overrides,needed", [
+    ({}, False),
+    ({"grpo": {"num_minibatches": 2}}, True),
+    ({"grpo": {"ppo_epochs": 2}}, True),
+    ({"grpo": {"kl_in_loss": False}}, True),
+    ({"grpo": {"mask_truncated": True}}, True),
+    ({"rewards": {"components": ["fmt", "ent"]}}, True),
+    ({"scalarizer": {"name": "conductor"}}, True),
+])
+def test_policy_forward_needed_only_off_policy_or_when_read_first(overrides, needed):
+    from dataclasses import replace
+
+    from maestro_megatron.trainer.steps import policy_forward_needed
+
+    recipe = Recipe()
+    base = {"grpo": {"num_minibatches": 1, "ppo_epochs": 1, "kl_in_loss": True},
+            "rewards": {"components": ["fmt", "len"]}, "scalarizer": {"name": "equal"}}
+    for section in base.keys() | overrides.keys():
+        values = {**base.get(section, {}), **overrides.get(section, {})}
+        recipe = replace(recipe, **{section: replace(getattr(recipe, section), **values)})
+    assert policy_forward_needed(recipe) is needed
