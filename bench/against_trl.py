@@ -6,7 +6,8 @@
 Both train the warmed tiny policy (4 layers, hidden 128, vocabulary 512) on the
 built-in train prompts as plain text (`prompt + "\\n"`): N=8 prompts x G=4 responses
 of at most 48 tokens per step, ONE optimizer step per rollout batch (all 32 rows),
-lr 1e-4, KL beta 0.05 against the frozen reference, eps 0.2 / 0.28, and the same two
+lr 1e-4, KL beta 0.05 (a loss term) against the frozen reference, eps 0.2 / 0.28,
+32 rows per forward / backward pass, and the same two
 rewards at equal weights (fmt and len, our components' own code in both). The figure
 is seconds per step, median over steps 3..N of every run of a trainer.
 
@@ -33,9 +34,12 @@ from bench.driver import STEP_KEY, bench_recipe, open_run, run_steps
 
 TRL_PYTHON = Path(__file__).resolve().parent / ".venv-trl" / "bin" / "python"
 SAME_CONFIG = ["rewards.components=[fmt,len]", "scalarizer.name=equal",
-               "grpo.num_minibatches=1", "data.prompt_format=plain"]
+               "grpo.num_minibatches=1", "grpo.kl_in_loss=true", "grpo.micro_batch_size=32",
+               "data.prompt_format=plain"]
 """Our side of the shared configuration (the rest is the tiny recipe: N, G, lengths,
-lr, beta, eps); bench/trl_grpo.py sets the same values on TRL's side."""
+lr, beta, eps); bench/trl_grpo.py sets the same values on TRL's side. TRL's beta is a
+KL term in the loss (our grpo.kl_in_loss) and its 32 rows go through the model in one
+pass (per_device_train_batch_size 32: our micro-batch)."""
 FIRST_COUNTED = 3
 STAGES = ["rollout", "forward", "forward/policy", "forward/reference", "rewards", "train",
           "refit"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from bench.common import median, record, table
+from bench.common import median, quiet_machine, record, table
 from bench.driver import STEP_KEY, bench_recipe, open_run, run_steps
 
 OWN_STAGES = ("timing/scalarize", "timing/scalarizer_update")
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=6, help="Conductor/equal step pairs")
     p.add_argument("--warmup-steps", type=int, default=2)
     args = p.parse_args(argv)
+    load = quiet_machine()
     recipe = bench_recipe("conductor_overhead")
     from maestro_megatron.scalarizers import build_scalarizer
 
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(spread of equal steps, IQR / median: {s['equal_step_iqr_over_median']:.1%})")
     print(f"direct cost (Conductor's own stages minus equal's) / step: {s['direct_share']:.2%}"
           f" (target <= 1%)")
-    record("conductor_overhead", {"pairs": args.pairs, "warmup_steps": args.warmup_steps}, s)
+    record("conductor_overhead", {"pairs": args.pairs, "warmup_steps": args.warmup_steps}, s,
+           load_at_start=load)
     return 0
 
 

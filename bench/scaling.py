@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from bench.common import REPO, median, record, table
+from bench.common import REPO, median, quiet_machine, record, table
 from bench.driver import STEP_KEY, bench_recipe, open_run, run_steps, swap_recipe
 
 AXES = {"G": [2, 4, 8], "N": [4, 8, 16], "L": [12, 24, 48]}
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--one-axis", help=argparse.SUPPRESS)  # the per-axis child process
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    load = quiet_machine()
     if args.one_axis:
         args.out.write_text(json.dumps(measure_axis(args.one_axis, args.steps)))
         return 0
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                   *(p[s] for s in STAGES)] for p in points]))
     plot(points, args.plot)
     print(f"plot: {args.plot}")
-    record("scaling", {"steps": args.steps, "axes": args.axes}, {"points": points})
+    record("scaling", {"steps": args.steps, "axes": args.axes}, {"points": points},
+           load_at_start=load)
     return 0
 
 

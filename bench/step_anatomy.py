@@ -16,7 +16,7 @@ import argparse
 import resource
 import time
 
-from bench.common import PeakRSS, median, record, table
+from bench.common import PeakRSS, median, quiet_machine, record, table
 from bench.driver import STEP_KEY, bench_recipe, open_run, run_steps
 
 STAGES = ["rollout", "forward", "forward/policy", "forward/reference", "forward/proxy",
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="recipe overrides, e.g. grpo.group_size=8")
     args = p.parse_args(argv)
+    load = quiet_machine()
     recipe = bench_recipe("step_anatomy", args.set)
     with PeakRSS() as mem, open_run(recipe) as state:
         run_steps(state, 1, args.warmup_steps)
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
            {"stages": {r[0].strip(): {"median_s": r[1], "share": r[2]} for r in table_rows},
             "largest_stage": top[0], "trainer_peak_rss_bytes": trainer_peak,
             "tree_peak_rss_bytes": mem.tree_peak,
-            "response_length": median(r["response/length"] for r in rows)})
+            "response_length": median(r["response/length"] for r in rows)},
+           load_at_start=load)
     return 0
 
 
