@@ -4,7 +4,8 @@
   vocabulary padding, TP shard/gather).
 - :mod:`units`, :mod:`mapping`, per-architecture modules, :data:`MAPPINGS`: names.
 - :mod:`hf_config`: HF ``config.json`` <-> :class:`ModelConfig`.
-- :mod:`model_io`: HF weights into live GPTModel chunks; torch_dist save/load.
+- :mod:`model_io`: HF weights into live GPTModel chunks; torch_dist save/load;
+  :mod:`dist_save`: the torch_dist save written by the calling process.
 - :mod:`dcp_read`: boxes of a torch_dist checkpoint's tensors; :mod:`ckpt_model`: the
   model a checkpoint holds (config, vocabulary, tokenizer), checked against its shapes.
 - :mod:`convert`: the two checkpoint conversions; :mod:`cli`: ``maestro convert``.

@@ -15,6 +15,7 @@ cannot be noticed.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from torch.distributed.checkpoint import load as dcp_load
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorStorageMetadata
-from torch.distributed.checkpoint.planner import LoadPlan, ReadItem
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, ReadItem
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 from torch.futures import Future
 
@@ -94,7 +95,8 @@ def checkpoint_keys(ckpt: Path) -> set[str]:
 
 class _NamingReader(FileSystemReader):
     """A FileSystemReader that reads one file at a time and remembers which, so that a
-    failed read can name the file."""
+    failed read can name the file; a tensor record that is a whole requested box
+    becomes that box (no copy into a preallocated one)."""
 
     current: Path | None = None
 
@@ -105,11 +107,40 @@ class _NamingReader(FileSystemReader):
                                 []).append(item)
         for name, items in per_file.items():
             self.current = Path(self.path) / name
-            super().read_data(LoadPlan(items), planner).wait()
+            if any(self.storage_data[item.storage_index].transform_descriptors
+                   for item in items):  # stored through an extension: torch's own path
+                super().read_data(LoadPlan(items), planner).wait()
+            else:
+                self._read_records(self.current, items, planner)
         self.current = None
         done: Future = Future()
         done.set_result(None)
         return done
+
+    def _read_records(self, path: Path, items: list[ReadItem], planner: _BoxPlanner) -> None:
+        """Load each item's record of one file (as torch's reader does) and hand it to
+        the planner."""
+        with open(path, "rb") as stream:
+            for item in items:
+                record = self._slice_file(stream, self.storage_data[item.storage_index])
+                if item.type == LoadItemType.BYTE_IO:
+                    planner.load_bytes(item, io.BytesIO(record.read(-1)))
+                    continue
+                tensor = torch.load(record, map_location="cpu", weights_only=True)
+                planner.place(item, _narrow(tensor, item.storage_offsets, item.lengths))
+
+
+def _narrow(tensor: torch.Tensor, offsets, lengths) -> torch.Tensor:
+    """The box [offsets, offsets + lengths) of ``tensor`` (a view)."""
+    for dim, (start, length) in enumerate(zip(offsets, lengths)):
+        tensor = tensor.narrow(dim, start, length)
+    return tensor
+
+
+def _owns_storage(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is contiguous and all of its storage."""
+    return tensor.is_contiguous() and \
+        tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
 
 
 class _BoxPlanner(DefaultLoadPlanner):
@@ -131,9 +162,23 @@ class _BoxPlanner(DefaultLoadPlanner):
     def resolve_tensor(self, read_item: ReadItem) -> torch.Tensor:
         index = read_item.dest_index
         dest = self.dests[index.fqn][index.index][1]
-        for dim, (start, length) in enumerate(zip(read_item.dest_offsets, read_item.lengths)):
-            dest = dest.narrow(dim, start, length)
-        return dest
+        return _narrow(dest, read_item.dest_offsets, read_item.lengths)
+
+    def place(self, read_item: ReadItem, tensor: torch.Tensor) -> None:
+        """Put a loaded record's ``tensor`` where ``read_item`` says: it becomes the
+        destination box when it is all of the box and all of its own storage (a whole
+        saved chunk), else it is copied into its part of the box."""
+        index = read_item.dest_index
+        offsets, dest = self.dests[index.fqn][index.index]
+        if tensor.shape == dest.shape and tensor.dtype == dest.dtype \
+                and not any(read_item.dest_offsets) and _owns_storage(tensor):
+            self.dests[index.fqn][index.index] = (offsets, tensor)
+        else:
+            target = self.resolve_tensor(read_item)
+            if target.shape != tensor.shape:  # an index that does not fit its records
+                raise ValueError(f"record of {index.fqn} has shape {list(tensor.shape)}, "
+                                 f"the index says {list(target.shape)}")
+            target.copy_(tensor)
 
 
 def read_boxes(ckpt: Path, boxes: dict[str, list[Box]],

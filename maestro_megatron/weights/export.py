@@ -16,7 +16,7 @@ import torch
 from maestro_megatron.config.schema import ModelConfig
 from maestro_megatron.weights import hf_io
 from maestro_megatron.weights.ckpt_model import key_prefix
-from maestro_megatron.weights.dcp_read import read_boxes, tensor_metadata
+from maestro_megatron.weights.dcp_read import Box, read_boxes, tensor_metadata
 from maestro_megatron.weights.errors import ConversionError
 from maestro_megatron.weights.mapping import DecoderMapping
 from maestro_megatron.weights.units import Unit, hf_shapes, to_hf
@@ -69,12 +69,46 @@ def _check_padding(key: str, full: torch.Tensor, vocab_size: int) -> None:
             f"they are not vocabulary padding; is the vocabulary size {vocab_size} right?")
 
 
-def _box(unit: Unit, meta: dict, prefix: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(offsets, sizes) of the unit's tensor in its key's global tensor."""
+def _boxes(unit: Unit, meta: dict, prefix: str) -> list[Box]:
+    """(offsets, sizes) of the parts of the unit's tensor read from its key's global
+    tensor: the whole tensor, or fc1's gate and up halves (each a whole saved record
+    when TP=1 saved it, so read without a copy)."""
     shape = meta[prefix + unit.ckpt_key][0]
-    if unit.layer is None:
-        return (0,) * len(shape), shape
-    return (unit.layer,) + (0,) * (len(shape) - 1), (1, *shape[1:])
+    lead = () if unit.layer is None else (unit.layer,)
+    rest = shape[len(lead):]
+    if unit.kind != "fc1":
+        return [(lead + (0,) * len(rest), (1,) * len(lead) + rest)]
+    half = rest[0] // 2
+    return [(lead + (row,) + (0,) * (len(rest) - 1), (1,) * len(lead) + (half, *rest[1:]))
+            for row in (0, half)]
+
+
+def _hf_tensors(unit: Unit, key: str, parts: list[torch.Tensor],
+                cfg: ModelConfig) -> list[torch.Tensor]:
+    """The unit's HF tensors from the parts :func:`_boxes` named of ``key``."""
+    if unit.layer is not None:
+        parts = [part[0] for part in parts]  # the layer axis
+    if unit.kind == "fc1":
+        return parts  # [gate, up]
+    if unit.kind == "vocab":
+        _check_padding(key, parts[0], cfg.vocab_size)
+    return to_hf(unit, parts[0], cfg)
+
+
+def _read_shard(ckpt: Path, units: list[Unit], meta: dict, prefix: str, cfg: ModelConfig,
+                out_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """HF name -> tensor (``out_dtype``) of ``units``, read from ``ckpt`` in one read."""
+    requests = [(prefix + unit.ckpt_key, _boxes(unit, meta, prefix)) for unit in units]
+    boxes: dict[str, list[Box]] = {}
+    for key, parts in requests:
+        boxes.setdefault(key, []).extend(parts)
+    loaded = read_boxes(ckpt, boxes, {key: meta[key][1] for key in boxes})
+    tensors = {}
+    for unit, (key, parts) in zip(units, requests):  # a key's boxes come back in order
+        got = [loaded[key].pop(0) for _ in parts]
+        for name, tensor in zip(unit.hf_names, _hf_tensors(unit, key, got, cfg)):
+            tensors[name] = tensor.to(out_dtype)
+    return tensors
 
 
 def export_shards(ckpt: Path, out: Path, mapping: DecoderMapping, cfg: ModelConfig, *,
@@ -96,24 +130,12 @@ def export_shards(ckpt: Path, out: Path, mapping: DecoderMapping, cfg: ModelConf
     weight_map: dict[str, str] = {}
     bar = tqdm(total=len(units), desc="megatron->hf", disable=not progress)
     for index, members in enumerate(shards):
-        boxes: dict[str, list] = {}
-        for i in members:
-            boxes.setdefault(prefix + units[i].ckpt_key, []).append(_box(units[i], meta, prefix))
-        loaded = read_boxes(ckpt, boxes, {key: meta[key][1] for key in boxes})
-        tensors = {}
-        for i in members:  # boxes of a key come back in request (= member) order
-            unit = units[i]
-            full = loaded[prefix + unit.ckpt_key].pop(0)
-            full = full[0] if unit.layer is not None else full
-            if unit.kind == "vocab":
-                _check_padding(prefix + unit.ckpt_key, full, cfg.vocab_size)
-            for name, tensor in zip(unit.hf_names, to_hf(unit, full, cfg)):
-                tensors[name] = tensor.to(out_dtype)
-            bar.update(1)
+        tensors = _read_shard(ckpt, [units[i] for i in members], meta, prefix, cfg, out_dtype)
         file = hf_io.shard_file_name(index, len(shards))
         hf_io.write_shard(out / file, tensors)
         weight_map.update(dict.fromkeys(tensors, file))
-        del loaded, tensors
+        bar.update(len(members))
+        del tensors
     bar.close()
     if len(shards) > 1:
         hf_io.write_index(out, weight_map, sum(sizes))

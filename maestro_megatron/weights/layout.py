@@ -16,24 +16,35 @@ TP_SPLITS = ("replicated", "column", "row", "fc1")
 """How a full megatron tensor is split over TP ranks (see :func:`tp_shard`)."""
 
 
+def fits(out: torch.Tensor, shape) -> torch.Tensor:
+    """``out``, if its shape is ``shape`` (ValueError naming both otherwise)."""
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"shard shape {list(shape)} does not fit {list(out.shape)}")
+    return out
+
+
 def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              num_query_groups: int) -> torch.Tensor:
+              num_query_groups: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """HF q/k/v projections -> megatron ``linear_qkv`` rows, interleaved per query group.
 
     Args:
         q: [num_heads * d, *rest] (weight: rest = [hidden]; bias: rest = []).
         k, v: [num_query_groups * d, *rest].
         num_query_groups: G, the number of key/value heads in these tensors.
+        out: a contiguous tensor of the result's shape to write into (in its dtype)
+            instead of a new one.
 
     Returns:
         [(num_heads + 2 G) * d, *rest]: for each group its query heads, its key head,
         its value head.
     """
     rest = q.shape[1:]
-    qg = q.reshape(num_query_groups, -1, *rest)
-    kg = k.reshape(num_query_groups, -1, *rest)
-    vg = v.reshape(num_query_groups, -1, *rest)
-    return torch.cat([qg, kg, vg], dim=1).reshape(-1, *rest)
+    groups = [t.reshape(num_query_groups, -1, *rest) for t in (q, k, v)]
+    if out is None:
+        return torch.cat(groups, dim=1).reshape(-1, *rest)
+    rows = q.shape[0] + k.shape[0] + v.shape[0]
+    torch.cat(groups, dim=1, out=fits(out, (rows, *rest)).view(num_query_groups, -1, *rest))
+    return out
 
 
 def split_qkv(qkv: torch.Tensor, num_heads: int,
@@ -52,9 +63,14 @@ def split_qkv(qkv: torch.Tensor, num_heads: int,
             v.reshape(-1, *rest).contiguous())
 
 
-def merge_fc1(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """gate [F, H], up [F, H] -> ``linear_fc1`` [2F, H] = [gate; up]."""
-    return torch.cat([gate, up], dim=0)
+def merge_fc1(gate: torch.Tensor, up: torch.Tensor,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """gate [F, H], up [F, H] -> ``linear_fc1`` [2F, H] = [gate; up] (into ``out``, in
+    its dtype, when given)."""
+    if out is None:
+        return torch.cat([gate, up], dim=0)
+    return torch.cat([gate, up], dim=0,
+                     out=fits(out, (gate.shape[0] + up.shape[0], *gate.shape[1:])))
 
 
 def split_fc1(fc1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,14 +79,20 @@ def split_fc1(fc1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return gate.contiguous(), up.contiguous()
 
 
-def pad_vocab(weight: torch.Tensor, padded_size: int) -> torch.Tensor:
-    """[V, H] -> [padded_size, H] with zero rows appended (embedding / output layer)."""
-    if padded_size < weight.shape[0]:
-        raise ValueError(f"padded vocab {padded_size} < vocab {weight.shape[0]}")
-    if padded_size == weight.shape[0]:
+def pad_vocab(weight: torch.Tensor, padded_size: int,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """[V, H] -> [padded_size, H] with zero rows appended (embedding / output layer);
+    into ``out`` (in its dtype) when given."""
+    rows = weight.shape[0]
+    if padded_size < rows:
+        raise ValueError(f"padded vocab {padded_size} < vocab {rows}")
+    if out is None and padded_size == rows:
         return weight
-    out = weight.new_zeros((padded_size, *weight.shape[1:]))
-    out[: weight.shape[0]] = weight
+    if out is None:
+        out = weight.new_empty((padded_size, *weight.shape[1:]))
+    fits(out, (padded_size, *weight.shape[1:]))
+    out[:rows] = weight
+    out[rows:] = 0
     return out
 
 

@@ -47,7 +47,8 @@ def import_hf_weights(model_chunks: list[torch.nn.Module], hf: HFCheckpoint,
                       tp_size: int, padded_vocab: int, progress: bool = False) -> int:
     """Copy HF weights into this rank's chunks, one tensor slice at a time.
 
-    Peak extra memory: one HF slice plus one merged shard (e.g. one layer's QKV shard).
+    Each shard is written straight into its parameter (merged QKV / fc1 and the padded
+    vocabulary included). Peak extra memory: the HF slices of one parameter.
     Returns the number of parameters filled.
     """
     from tqdm import tqdm
@@ -57,12 +58,11 @@ def import_hf_weights(model_chunks: list[torch.nn.Module], hf: HFCheckpoint,
         model = unwrap_model(chunk)
         pairs = list(_targets(model, mapping, cfg))
         for unit, param in tqdm(pairs, desc="hf->megatron", disable=not progress):
-            shard = read_megatron_shard(unit, hf.read, cfg, padded_vocab, tp_rank, tp_size)
-            if shard.shape != param.shape:
-                raise ConversionError(
-                    f"{unit.hf_names}: shard shape {list(shard.shape)} does not fit "
-                    f"{unit.param_name()} {list(param.shape)}")
-            param.copy_(shard)
+            try:
+                read_megatron_shard(unit, hf.read, cfg, padded_vocab, tp_rank, tp_size,
+                                    out=param)
+            except ValueError as exc:
+                raise ConversionError(f"{unit.hf_names}: {exc} ({unit.param_name()})") from None
             count += 1
     return count
 
@@ -74,11 +74,15 @@ def _sharded_state_dict(model_chunks: list[torch.nn.Module]) -> dict:
 
 
 def save_megatron_checkpoint(model_chunks: list[torch.nn.Module], ckpt_dir: Path) -> None:
-    """``dist_checkpointing.save`` of the model weights (collective over all ranks)."""
+    """``dist_checkpointing.save`` of the model weights (collective over all ranks),
+    each rank writing its files itself (:mod:`~maestro_megatron.weights.dist_save`)."""
     from megatron.core import dist_checkpointing
 
+    from maestro_megatron.weights.dist_save import InProcessSaveStrategy
+
     Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
-    dist_checkpointing.save(_sharded_state_dict(model_chunks), str(ckpt_dir))
+    dist_checkpointing.save(_sharded_state_dict(model_chunks), str(ckpt_dir),
+                            sharded_strategy=InProcessSaveStrategy())
 
 
 @torch.no_grad()

@@ -124,11 +124,17 @@ def to_hf(unit: Unit, full: torch.Tensor, cfg: ModelConfig) -> list[torch.Tensor
 
 
 def read_megatron_shard(unit: Unit, read: ReadSlice, cfg: ModelConfig, padded_vocab: int,
-                        tp_rank: int, tp_size: int) -> torch.Tensor:
+                        tp_rank: int, tp_size: int,
+                        out: torch.Tensor | None = None) -> torch.Tensor:
     """This TP rank's megatron shard, reading only the HF rows/columns it needs.
 
     Equal to ``layout.tp_shard(unit.tp_split, to_megatron(...), tp_rank, tp_size)``
     because QKV is merged per query group and fc1 per half.
+
+    Args:
+        out: a contiguous tensor of the shard's shape (e.g. the parameter) that the
+            shard is written into, in its dtype, and returned; a shape that differs is a
+            ValueError. None: a new tensor in the HF dtype.
     """
     def rows(name: str, total: int) -> torch.Tensor:
         step = total // tp_size
@@ -139,17 +145,31 @@ def read_megatron_shard(unit: Unit, read: ReadSlice, cfg: ModelConfig, padded_vo
         q, k, v = unit.hf_names
         kv_rows = dims.num_groups * dims.head_dim
         return layout.merge_qkv(rows(q, dims.num_heads * dims.head_dim), rows(k, kv_rows),
-                                rows(v, kv_rows), cfg.num_query_groups // tp_size)
+                                rows(v, kv_rows), cfg.num_query_groups // tp_size, out=out)
     if unit.kind == "fc1":
         return layout.merge_fc1(rows(unit.hf_names[0], dims.ffn),
-                                rows(unit.hf_names[1], dims.ffn))
+                                rows(unit.hf_names[1], dims.ffn), out=out)
     if unit.kind == "vocab":
-        step = padded_vocab // tp_size
-        start, stop = tp_rank * step, min((tp_rank + 1) * step, dims.vocab)
-        if start >= stop:  # a rank made only of padding rows
-            return torch.zeros((step, dims.hidden), dtype=read(unit.hf_names[0], 0, 0, 1).dtype)
-        return layout.pad_vocab(read(unit.hf_names[0], 0, start, stop), step)
+        return _vocab_shard(unit, read, dims, padded_vocab // tp_size, tp_rank, out)
     if unit.tp_split == "row":
         width = _copy_shape(unit, dims)[1] // tp_size
-        return read(unit.hf_names[0], 1, tp_rank * width, (tp_rank + 1) * width)
-    return read(unit.hf_names[0], None, 0, 0)
+        return _into(out, read(unit.hf_names[0], 1, tp_rank * width, (tp_rank + 1) * width))
+    return _into(out, read(unit.hf_names[0], None, 0, 0))
+
+
+def _vocab_shard(unit: Unit, read: ReadSlice, dims: Dims, step: int, tp_rank: int,
+                 out: torch.Tensor | None) -> torch.Tensor:
+    """Rows [tp_rank * step, (tp_rank + 1) * step) of the padded vocabulary tensor."""
+    start, stop = tp_rank * step, min((tp_rank + 1) * step, dims.vocab)
+    if start < stop:
+        return layout.pad_vocab(read(unit.hf_names[0], 0, start, stop), step, out=out)
+    if out is not None:  # a rank made only of padding rows
+        return layout.fits(out, (step, dims.hidden)).zero_()
+    return torch.zeros((step, dims.hidden), dtype=read(unit.hf_names[0], 0, 0, 1).dtype)
+
+
+def _into(out: torch.Tensor | None, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` itself, or copied into ``out`` (same shape) when given."""
+    if out is None:
+        return tensor
+    return layout.fits(out, tensor.shape).copy_(tensor)

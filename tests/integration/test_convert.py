@@ -90,6 +90,38 @@ def test_round_trip_is_byte_identical(hf_dirs, megatron_dirs, arch, tmp_path):
     assert not list(tmp_path.glob(".*partial")) and not list(mg.parent.glob(".*partial"))
 
 
+
+def _dcp_index(ckpt: Path):
+    """A torch_dist checkpoint's index without its per-save id (storage_meta)."""
+    from maestro_megatron.weights.dcp_read import read_metadata
+
+    md = read_metadata(ckpt)
+    return md.state_dict_metadata, md.storage_data, md.planner_data
+
+
+def test_in_process_save_writes_what_megatron_core_writes(hf_dirs, tmp_path):
+    """The converter's torch_dist writer (weights/dist_save.py, no writer processes)
+    writes the files megatron-core's default strategy writes, byte for byte."""
+    ours, default = tmp_path / "ours", tmp_path / "default"
+    code = ("import sys; from unittest import mock; "
+            "from maestro_megatron.weights import convert, dist_save; "
+            f"convert.hf_to_megatron({str(hf_dirs['llama'])!r}, {str(ours)!r}, progress=False); "
+            "mock.patch.object(dist_save, 'InProcessSaveStrategy', lambda: None).start(); "
+            f"convert.hf_to_megatron({str(hf_dirs['llama'])!r}, {str(default)!r}, "
+            "progress=False)")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    files = sorted(p.relative_to(ours) for p in ours.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(default) for p in default.rglob("*") if p.is_file())
+    assert len([f for f in files if f.suffix == ".distcp"]) == 2  # 2 files per rank, as before
+    for name in files:
+        if name.name != ".metadata":
+            assert (ours / name).read_bytes() == (default / name).read_bytes(), name
+    assert _dcp_index(ours) == _dcp_index(default)
+
+
 def _edit_config(src: Path, dst: Path, **changes) -> Path:
     shutil.copytree(src, dst)
     cfg = json.loads((dst / "config.json").read_text())

@@ -101,6 +101,32 @@ def test_sliced_reads_equal_shards_of_the_full_tensor(arch, tp):
         assert all(torch.equal(a, hf[n]) for a, n in zip(back, unit.hf_names)), unit
 
 
+
+@pytest.mark.parametrize("arch", sorted(CASES))
+@pytest.mark.parametrize("tp", [1, 2])
+def test_shards_written_into_a_given_tensor(arch, tp):
+    """``out=``: the shard lands in the given tensor (in its dtype), the same values as a
+    returned shard cast to that dtype; a tensor of another shape is refused."""
+    cfg, mapping = CASES[arch], MAPPINGS[arch]
+    gen = torch.Generator().manual_seed(1)
+    hf = {name: torch.randn(shape, generator=gen) for unit in mapping.units(cfg)
+          for name, shape in zip(unit.hf_names, hf_shapes(unit, cfg))}
+
+    def read(name, dim, start, stop):
+        t = hf[name]
+        return t if dim is None else t.narrow(dim, start, stop - start)
+
+    for unit in mapping.units(cfg):
+        for r in range(tp):
+            want = read_megatron_shard(unit, read, cfg, 8, r, tp).to(torch.bfloat16)
+            out = torch.full(want.shape, float("nan"), dtype=torch.bfloat16)
+            assert read_megatron_shard(unit, read, cfg, 8, r, tp, out=out) is out
+            assert torch.equal(out, want), unit
+            with pytest.raises(ValueError, match="does not fit"):
+                read_megatron_shard(unit, read, cfg, 8, r, tp,
+                                    out=torch.empty(want.shape[0] + 1, *want.shape[1:]))
+
+
 def test_unit_names_per_architecture():
     qwen3 = [u for u in MAPPINGS["Qwen3ForCausalLM"].units(CASES["Qwen3ForCausalLM"])
              if u.layer == 1]

@@ -1,0 +1,132 @@
+"""``dist_checkpointing.save`` in the calling process: the torch_dist format, written
+without megatron-core's writer processes.
+
+megatron-core's default torch_dist strategy hands a rank's files to writer processes
+(``FileSystemWriterAsync``: a spawned ``multiprocessing`` Manager for the results, then
+one forked process per file), which lets a training step overlap the write. A converter
+has nothing to overlap: it waits for them, and starting them (spawning the Manager,
+forking a process that holds the whole model) costs far more than the write itself.
+
+:class:`InProcessSaveStrategy` plans exactly as megatron-core's strategy does (same
+planner, same files ``__<rank>_<i>.distcp``, same records, same ``.metadata``) and
+writes each file with megatron-core's own per-file writer, in this process, one file
+after another. ``dist_checkpointing.load`` and the trainer read the result unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from pathlib import Path
+
+import torch
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest
+from megatron.core.dist_checkpointing.strategies.filesystem_async import (
+    FileSystemWriterAsync,
+    _split_by_size_and_type,
+)
+from megatron.core.dist_checkpointing.strategies.state_dict_saver import (
+    save_state_dict_async_plan,
+)
+from megatron.core.dist_checkpointing.strategies.torch import (
+    MCoreSavePlanner,
+    TorchDistSaveShardedStrategy,
+    _replace_state_dict_keys_with_sharded_keys,
+    mcore_to_pyt_state_dict,
+)
+from torch.distributed.checkpoint.filesystem import DEFAULT_SUFFIX
+from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItemType
+
+
+class _Compact:
+    """A file's (write item, tensor) pairs, each tensor made compact only as it is
+    written: a view (e.g. one half of a SwiGLU fc1 weight) is copied into its own
+    storage, as megatron-core's writer does up front, so ``torch.save`` writes the
+    view's elements and not its whole base tensor."""
+
+    def __init__(self, pairs: list) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self):
+        for item, tensor in self.pairs:
+            yield item, _compact(tensor)
+
+
+def _compact(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on the CPU in a storage of its own (a copy only where needed)."""
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        return tensor.to("cpu")  # a new, compact storage
+    whole = tensor.untyped_storage().size() == tensor.numel() * tensor.itemsize
+    return tensor if whole else tensor.clone()
+
+
+class InProcessWriter(FileSystemWriterAsync):
+    """``FileSystemWriterAsync`` whose files are written by the calling process.
+
+    Planning, file names, records and the final ``.metadata`` are the parent's; only
+    who runs the per-file writer differs (here, not a forked process), so no Manager,
+    no fork, and no up-front copy of the tensors that are views.
+    """
+
+    def prepare_write_data(self, plan: SavePlan, planner: SavePlanner) -> None:
+        """Split ``plan`` into this rank's files exactly as the parent does."""
+        self.write_buckets = []
+        for items in _split_by_size_and_type(self.thread_count, plan.items):
+            if not items:
+                continue
+            name = f"{plan.storage_data.prefix}{len(self.write_buckets)}{DEFAULT_SUFFIX}"
+            data = [(item, planner.resolve_data(item)) for item in items]
+            raw = [pair for pair in data if pair[0].type == WriteItemType.BYTE_IO]
+            tensors = [pair for pair in data if pair[0].type != WriteItemType.BYTE_IO]
+            self.write_buckets.append((os.path.join(self.checkpoint_dir, name), name,
+                                       (raw, _Compact(tensors))))
+        self.results_queue = queue.Queue() if self.write_buckets else None
+
+    def get_save_function_and_args(self):
+        """(write every file now, no staging, no arguments); nothing on an empty rank."""
+        if not self.write_buckets:
+            return None, None, []
+        return self._write_files, None, []
+
+    def _write_files(self) -> None:
+        """Each file by megatron-core's per-file writer (fsync included); the results
+        (or the first failure) go where the parent's finalisation reads them."""
+        transforms = [self.transforms] if hasattr(self, "transforms") else []
+        results: dict[int, list] = {}
+        for index, bucket in enumerate(self.write_buckets):
+            out, pending = queue.Queue(), queue.Queue()
+            pending.put(index)  # the writer marks its file done by taking this
+            FileSystemWriterAsync.write_preloaded_data(transforms, index, bucket, out,
+                                                       pending, use_fsync=True)
+            _, result = out.get_nowait()
+            if isinstance(result, Exception):
+                self.results_queue.put(result)
+                return
+            results[index] = result
+        self.results_queue.put(results)
+
+
+class InProcessSaveStrategy(TorchDistSaveShardedStrategy):
+    """megatron-core's torch_dist save strategy with :class:`InProcessWriter`.
+
+    Its plan is the parent's without cached plans (the parent's default): the same
+    translation of the sharded state dict, the same planner and coordinator.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("torch_dist", 1)
+
+    def async_save(self, sharded_state_dict, checkpoint_dir: Path) -> AsyncRequest:
+        """The parent's plan and finalisation, written by :class:`InProcessWriter`."""
+        sharded_state_dict, _, _ = _replace_state_dict_keys_with_sharded_keys(
+            sharded_state_dict, self.keep_only_main_replica)
+        pyt_state_dict = mcore_to_pyt_state_dict(sharded_state_dict, False)
+        writer = InProcessWriter(checkpoint_dir, thread_count=self.thread_count)
+        planner = MCoreSavePlanner(dedup_replicated_tensors=not self.keep_only_main_replica,
+                                   flatten_state_dict=False)
+        planned = save_state_dict_async_plan(pyt_state_dict, writer, None, 0, planner=planner)
+        return self._get_save_and_finalize_callbacks(writer, planned[0])
