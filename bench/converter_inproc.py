@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, WORK, median, record, table
+from bench.common import REPO, WORK, median, quiet_machine, record, table
 from bench.converter import build_checkpoint, dir_bytes
 
 IMPORTS = ("tqdm", "megatron.core.parallel_state", "megatron.core.tensor_parallel",
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         direction, src, out = args.child
         print(json.dumps({"seconds": child(direction, Path(src), Path(out))}))
         return 0
+    load = quiet_machine()
     work = WORK / "converter_inproc"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                  ["megatron-to-hf", size_meg / 1e6, m["m2h"], m["m2h_cp"],
                   res["m2h_ratio_to_cp"]]]))
     record("converter_inproc", {"layers": args.layers, "hidden": args.hidden,
-                                "repeats": args.repeats, "fresh_process_per_call": True}, res)
+                                "repeats": args.repeats, "fresh_process_per_call": True}, res,
+           load_at_start=load)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
