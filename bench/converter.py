@@ -140,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                   r["cp_s"], r["ratio_to_cp"], r["ratio_to_cp_above_floor"], r["gb_per_s"],
                   r["peak_rss_bytes"] / 1e6, r["peak_over_size"],
                   r["peak_above_floor_over_size"]] for r in results]))
-    print("target: convert <= 3x cp for the work part (bench.converter_inproc); 'imports' = the interpreter and imports alone, "
-          "launched the same way (a fixed cost that a larger checkpoint amortises)")
+    print("target: the work part <= 3x cp (bench.converter_inproc); 'imports' = the "
+          "interpreter and imports alone, launched the same way (a fixed cost that a larger "
+          "checkpoint amortises)")
     record("converter", {"layers": args.layers, "hidden": args.hidden,
                          "repeats": args.repeats, "layouts": args.layouts}, {"cases": results},
            load_at_start=load)
