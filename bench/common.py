@@ -51,10 +51,16 @@ def machine() -> dict:
             "python": platform.python_version(), "commit": commit}
 
 
-def quiet_machine(max_load: float = MAX_LOAD) -> float:
-    """The 1-minute load average now; exits (status 3) when it is above `max_load`,
-    unless MAESTRO_BENCH_ALLOW_LOAD=1 (then the row is marked loaded by `record`)."""
+def quiet_machine(max_load: float = MAX_LOAD, wait_s: float = 240.0) -> float:
+    """The 1-minute load average at the start; waits up to `wait_s` for it to fall to
+    `max_load` (a benchmark just finished keeps the average up for a minute or two),
+    then exits (status 3), unless MAESTRO_BENCH_ALLOW_LOAD=1 (the row is then marked
+    loaded by `record`)."""
+    deadline = time.monotonic() + wait_s
     load = os.getloadavg()[0]
+    while load > max_load and time.monotonic() < deadline:
+        time.sleep(5)
+        load = os.getloadavg()[0]
     if load > max_load and os.environ.get(ALLOW_LOAD_ENV) != "1":
         print(f"error: the 1-minute load average is {load:.2f} (> {max_load}): other work "
               f"is running, and every figure would stretch with it. Wait for an idle "
@@ -67,12 +73,12 @@ def quiet_machine(max_load: float = MAX_LOAD) -> float:
 def record(bench: str, config: dict, results: dict, load_at_start: float | None = None
            ) -> dict:
     """Append one JSON line {bench, machine, config, results} to the results file.
-    load_at_start: `quiet_machine`'s reading; with the load at the end it sets
-    machine.loaded (either above MAX_LOAD)."""
+    load_at_start: `quiet_machine`'s reading (machine.loaded: above MAX_LOAD; the load
+    at the end, machine.load_avg_1m, includes the benchmark's own processes)."""
     info = machine()
     if load_at_start is not None:
         info["load_avg_1m_start"] = round(load_at_start, 2)
-        info["loaded"] = max(load_at_start, info["load_avg_1m"]) > MAX_LOAD
+        info["loaded"] = load_at_start > MAX_LOAD
     row = {"bench": bench, "machine": info, "config": config, "results": results}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as f:
