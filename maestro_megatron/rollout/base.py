@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from maestro_megatron.errors import UserError
+from maestro_megatron.rollout.bucket_io import NamedTensor, serialize_bucket
 
 if TYPE_CHECKING:
     from maestro_megatron.config.schema import RolloutConfig
@@ -119,6 +120,14 @@ class RolloutEngine(abc.ABC):
         Returns, per sequence, [L_i - P_i] float32: log p(token_t | tokens_<t) for
         t = P_i .. L_i - 1 (the "response" part; the refit verifier compares these).
         """
+
+    def load_bucket(self, bucket: Sequence[NamedTensor]) -> int:
+        """Load one bucket of HF-named tensors in place (what `refit_engine` calls).
+
+        Same contract as `load_serialized_bucket`; this default sends the bucket as
+        safetensors bytes through it. Engines with a cheaper transport override this.
+        """
+        return self.load_serialized_bucket(serialize_bucket(bucket))
 
     @abc.abstractmethod
     def load_serialized_bucket(self, blob: bytes) -> int:

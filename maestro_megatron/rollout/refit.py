@@ -1,8 +1,10 @@
 """Refit: push HF-named policy tensors into a running rollout engine, in place.
 
-Tensors are packed into size-bounded buckets, each bucket is serialised to bytes with
-`safetensors.torch.save` and handed to the engine (`RolloutEngine.load_serialized_bucket`);
-nothing touches the disk (DESIGN.md section 5, "refit").
+Tensors are packed into size-bounded buckets and each bucket is handed to the engine
+(`RolloutEngine.load_bucket`); nothing touches the disk (DESIGN.md section 5, "refit").
+An engine whose processes run on this host (vLLM on CPU) gets each bucket copied once
+into memory that its processes map (`bucket_io.SharedBucketBuffer`); any other engine
+gets safetensors bytes (`serialize_bucket`, `RolloutEngine.load_serialized_bucket`).
 
 A bucket never splits a decoder layer: an engine that fuses q/k/v or gate/up into one
 parameter (vLLM) reloads a fused parameter only when all its parts arrive in the same
@@ -21,10 +23,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from maestro_megatron.rollout.bucket_io import (  # noqa: F401  (re-exported)
+    NamedTensor,
+    deserialize_bucket,
+    serialize_bucket,
+)
+
 if TYPE_CHECKING:
     from maestro_megatron.rollout.base import RolloutEngine
 
-NamedTensor = tuple[str, torch.Tensor]
 _LAYER_RE = re.compile(r"^(.*?\.layers\.\d+)\.")
 
 
@@ -96,29 +103,6 @@ def iter_buckets(named_tensors: Iterable[NamedTensor],
         yield bucket
 
 
-def serialize_bucket(bucket: Sequence[NamedTensor]) -> bytes:
-    """safetensors bytes of a bucket (tensors moved to CPU, made contiguous, untied)."""
-    from safetensors.torch import save
-
-    tensors: dict[str, torch.Tensor] = {}
-    storages: set[int] = set()
-    for name, t in bucket:
-        t = t.detach().to("cpu").contiguous()
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in storages:  # tied weights share storage; safetensors refuses that
-            t = t.clone()
-        storages.add(ptr)
-        tensors[name] = t
-    return save(tensors)
-
-
-def deserialize_bucket(blob: bytes) -> dict[str, torch.Tensor]:
-    """Inverse of `serialize_bucket` (CPU tensors)."""
-    from safetensors.torch import load
-
-    return load(blob)
-
-
 def refit_engine(engine: RolloutEngine, named_tensor_iter: Iterable[NamedTensor],
                  bucket_bytes: int) -> RefitStats:
     """Load new weights into `engine` in place, bucket by bucket; return what moved."""
@@ -126,7 +110,7 @@ def refit_engine(engine: RolloutEngine, named_tensor_iter: Iterable[NamedTensor]
     num_tensors = num_buckets = num_bytes = max_bucket = 0
     for bucket in iter_buckets(named_tensor_iter, bucket_bytes):
         payload = sum(_nbytes(t) for _, t in bucket)
-        loaded = engine.load_serialized_bucket(serialize_bucket(bucket))
+        loaded = engine.load_bucket(bucket)
         if loaded != len(bucket):
             raise RuntimeError(f"engine loaded {loaded} of {len(bucket)} tensors of a bucket")
         num_tensors += len(bucket)

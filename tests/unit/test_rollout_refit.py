@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,9 +10,23 @@ import pytest
 import torch
 
 from maestro_megatron.config.schema import RolloutConfig
-from maestro_megatron.rollout import SamplingConfig, iter_buckets, refit_engine, verify_refit
+from maestro_megatron.rollout import (
+    RolloutEngine,
+    SamplingConfig,
+    iter_buckets,
+    refit_engine,
+    verify_refit,
+)
+from maestro_megatron.rollout.bucket_io import (
+    ALIGN,
+    SharedBucketBuffer,
+    bucket_layout,
+    read_shared_bucket,
+)
 from maestro_megatron.rollout.refit import deserialize_bucket, group_key, serialize_bucket
-from maestro_megatron.rollout.vllm_engine import prompt_seed
+from maestro_megatron.rollout.vllm_engine import _engine_process_env, prompt_seed
+from maestro_megatron.rollout.vllm_logging import CONFIG_ENV, CONFIG_FILE
+from maestro_megatron.rollout.vllm_worker import PARTIAL_RELOAD_LOGGERS, _quiet_partial_reload
 
 
 def _stream():
@@ -55,20 +70,95 @@ def test_non_contiguous_layer_is_rejected():
         list(iter_buckets(stream, bucket_bytes=1 << 20))
 
 
-def test_serialize_roundtrip_with_tied_and_strided_tensors():
+def _mixed_bucket():
+    """Tied (same storage twice), strided, bf16, int64, bool, 0-dim and empty tensors."""
     emb = torch.arange(12.0).reshape(3, 4)
-    bucket = [("embed", emb), ("head", emb), ("t", emb.t()), ("bf", emb.to(torch.bfloat16))]
-    out = deserialize_bucket(serialize_bucket(bucket))
-    assert set(out) == {"embed", "head", "t", "bf"}
+    return [("embed", emb), ("head", emb), ("t", emb.t()), ("bf", emb.to(torch.bfloat16)),
+            ("idx", torch.arange(5)), ("flag", torch.tensor([True, False, True])),
+            ("scalar", torch.tensor(2.5)), ("empty", torch.zeros(0, 4))]
+
+
+def _assert_exact(out, bucket):
+    assert set(out) == {n for n, _ in bucket}
     for name, t in bucket:
-        assert out[name].dtype == t.dtype and torch.equal(out[name], t)
+        assert out[name].dtype == t.dtype and out[name].shape == t.shape
+        assert torch.equal(out[name], t), name
 
 
-class FakeEngine:
-    """Records buckets; scores sequences with fixed numbers."""
+def test_serialize_roundtrip_with_tied_and_strided_tensors():
+    bucket = _mixed_bucket()
+    _assert_exact(deserialize_bucket(serialize_bucket(bucket)), bucket)
+
+
+needs_memfd = pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="Linux only")
+
+
+def test_bucket_layout_aligns_every_tensor():
+    layout, end = bucket_layout(_mixed_bucket())
+    assert [name for name, *_ in layout] == [n for n, _ in _mixed_bucket()]
+    assert all(offset % ALIGN == 0 for *_, offset in layout)
+    assert layout[3][1:3] == ("bfloat16", [3, 4]) and layout[6][2] == []
+    assert end == layout[-1][3]  # the empty tensor ends where it starts
+
+
+@needs_memfd
+def test_shared_bucket_roundtrip_is_exact():
+    buffer = SharedBucketBuffer()
+    try:
+        bucket = _mixed_bucket()
+        out = read_shared_bucket(buffer.path, buffer.write(bucket))
+        _assert_exact(out, bucket)
+        assert out["embed"].data_ptr() != out["head"].data_ptr()  # tied: own bytes each
+    finally:
+        buffer.close()
+
+
+@needs_memfd
+def test_shared_bucket_buffer_grows_keeps_and_has_no_name():
+    buffer = SharedBucketBuffer()
+    try:
+        assert os.readlink(buffer.path).startswith("/memfd:maestro-refit")
+        big = [("w", torch.randn(600_000))]  # 2.4 MB: grows past the first MiB
+        small = [("w", torch.randn(10))]
+        buffer.write(small)
+        first = buffer.capacity
+        layout = buffer.write(big)
+        grown = buffer.capacity
+        assert first < 2.4e6 <= grown
+        _assert_exact(read_shared_bucket(buffer.path, layout), big)
+        _assert_exact(read_shared_bucket(buffer.path, buffer.write(small)), small)
+        assert buffer.capacity == grown  # kept for the next refit
+    finally:
+        buffer.close()
+    assert buffer.capacity == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        buffer.write(small)
+
+
+@needs_memfd
+def test_bad_shared_bucket_layout_is_refused():
+    buffer = SharedBucketBuffer()
+    try:
+        (name, dtype, shape, offset), = buffer.write([("w", torch.ones(4))])
+        with pytest.raises(ValueError, match="dtype"):
+            read_shared_bucket(buffer.path, [(name, "no_such_dtype", shape, offset)])
+        with pytest.raises(ValueError, match="past the buffer"):
+            read_shared_bucket(buffer.path, [(name, dtype, shape, buffer.capacity)])
+    finally:
+        buffer.close()
+
+
+class FakeEngine(RolloutEngine):
+    """Records buckets (through the default bytes transport); scores with fixed numbers."""
 
     def __init__(self):
         self.blobs, self.finished = [], 0
+
+    def generate(self, prompts, n, sampling, first_index=0):
+        raise NotImplementedError
+
+    def close(self):
+        pass
 
     def load_serialized_bucket(self, blob):
         self.blobs.append(deserialize_bucket(blob))
@@ -118,3 +208,28 @@ def test_importing_rollout_does_not_import_vllm():
     code = ("import sys, maestro_megatron.rollout; "
             "sys.exit(1 if any(m.split('.')[0] == 'vllm' for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_engine_process_env_adds_only_missing_variables_and_restores(monkeypatch):
+    monkeypatch.setenv("MAESTRO_TEST_SET", "user")
+    monkeypatch.delenv("MAESTRO_TEST_NEW", raising=False)
+    with _engine_process_env({"MAESTRO_TEST_SET": "ours", "MAESTRO_TEST_NEW": "ours"}):
+        assert os.environ["MAESTRO_TEST_SET"] == "user"
+        assert os.environ["MAESTRO_TEST_NEW"] == "ours"
+    assert os.environ["MAESTRO_TEST_SET"] == "user" and "MAESTRO_TEST_NEW" not in os.environ
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_partial_reload_warnings_are_muted_only_in_quiet_engines(monkeypatch, quiet):
+    import logging
+
+    if quiet:
+        monkeypatch.setenv(CONFIG_ENV, str(CONFIG_FILE))
+    else:
+        monkeypatch.delenv(CONFIG_ENV, raising=False)
+    loggers = [logging.getLogger(name) for name in PARTIAL_RELOAD_LOGGERS]
+    before = [logger.level for logger in loggers]
+    with _quiet_partial_reload():
+        assert all(logger.isEnabledFor(logging.WARNING) != quiet for logger in loggers)
+        assert all(logger.isEnabledFor(logging.ERROR) for logger in loggers)
+    assert [logger.level for logger in loggers] == before
