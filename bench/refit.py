@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from bench.common import WORK, base_model, median, record, table
+from bench.common import WORK, base_model, median, quiet_machine, record, table
 from bench.converter import build_checkpoint
 
 
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--bucket-mb", type=int, default=64, help="the recipe's refit_bucket_mb")
     args = p.parse_args(argv)
+    load = quiet_machine()
     from maestro_megatron.logs import configure_quiet
 
     configure_quiet()
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.bucket_mb} MiB; target: refit <= 3x copy ({r / t:.2f}x the copy into "
           "touched buffers)")
     record("refit", {"layers": args.layers, "hidden": args.hidden, "repeats": args.repeats,
-                     "bucket_mb": args.bucket_mb}, res)
+                     "bucket_mb": args.bucket_mb}, res, load_at_start=load)
     shutil.rmtree(WORK / "refit" / "tmp", ignore_errors=True)
     return 0
 
