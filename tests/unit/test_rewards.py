@@ -7,6 +7,7 @@ import torch
 
 from maestro_megatron.config import RewardsConfig
 from maestro_megatron.rewards import (
+    NEEDS_POLICY,
     NEEDS_PROXY,
     NEEDS_SCORER,
     REWARDS,
@@ -41,8 +42,9 @@ class OverlapScorer:
 
 def test_registry_has_the_five_and_their_needs():
     assert set(COMPONENTS) <= set(REWARDS)
-    assert reward_needs(COMPONENTS) == {NEEDS_PROXY, NEEDS_SCORER}
-    assert reward_needs(("fmt", "len", "ent")) == frozenset()
+    assert reward_needs(COMPONENTS) == {NEEDS_PROXY, NEEDS_SCORER, NEEDS_POLICY}
+    assert reward_needs(("fmt", "len")) == frozenset()
+    assert reward_needs(("ent",)) == {NEEDS_POLICY}
     assert reward_needs(("ppl",)) == {NEEDS_PROXY} and reward_needs(("pref",)) == {NEEDS_SCORER}
 
 
