@@ -78,12 +78,11 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("arch", sorted(CASES))
-@pytest.mark.parametrize("tp", [1, 2])
-def test_sliced_reads_equal_shards_of_the_full_tensor(arch, tp):
-    """A rank reading only its HF rows/columns gets exactly its shard of the full tensor."""
+def random_hf_reader(arch: str, seed: int):
+    """Random HF tensors of every unit of `arch`'s tiny config, and a sliced reader of them
+    (name, dim, start, stop) -> tensor, as the converter's HF readers are called."""
     cfg, mapping = CASES[arch], MAPPINGS[arch]
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     hf = {name: torch.randn(shape, generator=gen) for unit in mapping.units(cfg)
           for name, shape in zip(unit.hf_names, hf_shapes(unit, cfg))}
 
@@ -91,6 +90,15 @@ def test_sliced_reads_equal_shards_of_the_full_tensor(arch, tp):
         t = hf[name]
         return t if dim is None else t.narrow(dim, start, stop - start)
 
+    return hf, read
+
+
+@pytest.mark.parametrize("arch", sorted(CASES))
+@pytest.mark.parametrize("tp", [1, 2])
+def test_sliced_reads_equal_shards_of_the_full_tensor(arch, tp):
+    """A rank reading only its HF rows/columns gets exactly its shard of the full tensor."""
+    cfg, mapping = CASES[arch], MAPPINGS[arch]
+    hf, read = random_hf_reader(arch, seed=0)
     padded = 8  # vocab 5 -> at TP=2 rank 1 holds rows 4..7: one real row, three zeros
     for unit in mapping.units(cfg):
         full = to_megatron(unit, [hf[n] for n in unit.hf_names], cfg, padded)
@@ -108,14 +116,7 @@ def test_shards_written_into_a_given_tensor(arch, tp):
     """``out=``: the shard lands in the given tensor (in its dtype), the same values as a
     returned shard cast to that dtype; a tensor of another shape is refused."""
     cfg, mapping = CASES[arch], MAPPINGS[arch]
-    gen = torch.Generator().manual_seed(1)
-    hf = {name: torch.randn(shape, generator=gen) for unit in mapping.units(cfg)
-          for name, shape in zip(unit.hf_names, hf_shapes(unit, cfg))}
-
-    def read(name, dim, start, stop):
-        t = hf[name]
-        return t if dim is None else t.narrow(dim, start, stop - start)
-
+    _, read = random_hf_reader(arch, seed=1)
     for unit in mapping.units(cfg):
         for r in range(tp):
             want = read_megatron_shard(unit, read, cfg, 8, r, tp).to(torch.bfloat16)
