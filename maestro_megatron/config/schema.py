@@ -86,6 +86,33 @@ class PrecisionConfig:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    """What the trainer keeps on each GPU, and what it recomputes or swaps instead
+    (`maestro plan` reads the same fields to size every phase)."""
+
+    recompute: str = "none"
+    """Activation recomputation (megatron's recompute_granularity): none | selective
+    (core attention only) | full (each layer's input kept, the layer recomputed in
+    backward)."""
+    recompute_num_layers: int = 1
+    """For recompute=full: layers per checkpointed chunk (megatron's uniform method)."""
+    logprob_chunk_tokens: int = 2048
+    """Log-probs and entropy over the vocabulary in chunks of this many tokens: at most
+    one chunk's fp32 copy of the logits is alive beyond the logits themselves (0: the
+    whole micro-batch at once)."""
+    grad_reduce_in_fp32: bool = True
+    """Gradient buffers (and their data-parallel reduction) in fp32; false keeps them in
+    the parameter dtype (bf16: half the gradient memory)."""
+    overlap_grad_reduce: bool = False
+    """Start each gradient bucket's data-parallel reduction while backward continues."""
+    offload_reference: bool = False
+    """Keep the frozen reference's weights in host memory and copy them onto the GPU
+    only for the reference (and r_ppl proxy) forward; no second resident copy."""
+    offload_reward_model: bool = False
+    """Keep the preference reward model in host memory between scoring calls."""
+
+
+@dataclass(frozen=True)
 class GRPOConfig:
     """Inner loop: the clipped GRPO surrogate (DESIGN.md section 3)."""
 
@@ -414,6 +441,7 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     scalarizer: ScalarizerConfig = field(default_factory=ScalarizerConfig)

@@ -88,6 +88,13 @@ def validate_recipe(recipe: Recipe) -> None:
         _check(recipe.precision.transformer_impl != "local", "precision.fp8",
                "needs the Transformer Engine layer spec, not precision.transformer_impl=local")
 
+    mem = recipe.memory
+    _one_of(mem.recompute, {"none", "selective", "full"}, "memory.recompute")
+    _check(mem.recompute_num_layers >= 1, "memory.recompute_num_layers",
+           f"must be >= 1, got {mem.recompute_num_layers}")
+    _check(mem.logprob_chunk_tokens >= 0, "memory.logprob_chunk_tokens",
+           f"must be >= 0, got {mem.logprob_chunk_tokens}")
+
     _check(g.group_size >= 2, "grpo.group_size", f"must be >= 2 for group advantages, "
            f"got {g.group_size}")
     _check(g.num_prompts_per_step >= 1, "grpo.num_prompts_per_step", "must be >= 1")
