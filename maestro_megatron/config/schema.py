@@ -220,6 +220,13 @@ class PrefConfig:
     """Local model directory (None: the scorer's own default)."""
     batch_size: int = 16
     """Scoring batch size."""
+    placement: str = "rank"
+    """Where the reward model lives: rank (every last-stage rank loads it and scores its
+    rows) | tp_leader (tensor-parallel rank 0 of each last-stage group scores, the scores
+    are broadcast to its TP peers: one copy per TP group instead of TP copies)."""
+    num_parameters: int | None = None
+    """The reward model's parameter count, for `maestro plan` when model_path has no
+    readable config.json (None: read it from there)."""
 
 
 @dataclass(frozen=True)

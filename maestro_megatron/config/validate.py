@@ -88,6 +88,7 @@ def validate_recipe(recipe: Recipe) -> None:
         _check(recipe.precision.transformer_impl != "local", "precision.fp8",
                "needs the Transformer Engine layer spec, not precision.transformer_impl=local")
 
+    _one_of(recipe.rewards.pref.placement, {"rank", "tp_leader"}, "rewards.pref.placement")
     mem = recipe.memory
     _one_of(mem.recompute, {"none", "selective", "full"}, "memory.recompute")
     _check(mem.recompute_num_layers >= 1, "memory.recompute_num_layers",
