@@ -11,6 +11,28 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class RopeScalingConfig:
+    """RoPE frequency scaling, the keys of config.json's ``rope_scaling`` (Llama 3.1).
+
+    ``llama3`` (the only type applied): with wavelength w_i = 2 pi / f_i of each base
+    inverse frequency f_i, L = original_max_position_embeddings, a = low_freq_factor,
+    b = high_freq_factor: f_i is kept where w_i < L / b, divided by ``factor`` where
+    w_i > L / a, and in between ((1 - s) / factor + s) f_i with s = (L / w_i - a) / (b - a).
+    """
+
+    rope_type: str = "llama3"
+    """Scaling type; only llama3 is applied by the trainer's model."""
+    factor: float = 8.0
+    """Divisor of the low frequencies (long wavelengths)."""
+    low_freq_factor: float = 1.0
+    """Wavelengths above original_max_position_embeddings / this are divided by factor."""
+    high_freq_factor: float = 4.0
+    """Wavelengths below original_max_position_embeddings / this are unchanged."""
+    original_max_position_embeddings: int = 8192
+    """Context length of pre-training before the extension."""
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Llama/Qwen-style decoder (RMSNorm, SwiGLU, RoPE, GQA)."""
 
@@ -31,9 +53,17 @@ class ModelConfig:
     make_vocab_size_divisible_by: int = 128
     """Pad the embedding to a multiple of this times TP (Megatron convention)."""
     seq_length: int = 256
-    """Maximum prompt+response length in tokens."""
+    """Maximum prompt+response length in tokens: the trainer's, the prompt check's and the
+    rollout engine's (vLLM max_model_len). Kept from the recipe when hf_path is set; must
+    not exceed max_position_embeddings."""
+    max_position_embeddings: int | None = None
+    """Positions the model supports (config.json's max_position_embeddings; taken from
+    there when hf_path is set, and written back on export). None: seq_length."""
     rotary_base: float = 10000.0
     """RoPE base (Llama-3: 500000, Qwen: 1000000)."""
+    rope_scaling: RopeScalingConfig | None = None
+    """RoPE frequency scaling (Llama 3.1: llama3, factor 8); None: unscaled. Taken from
+    config.json when hf_path is set."""
     norm_epsilon: float = 1e-6
     """RMSNorm epsilon."""
     add_qkv_bias: bool = False
@@ -50,6 +80,11 @@ class ModelConfig:
     hf_path: str | None = None
     """Hugging Face directory to start from (weights, architecture, tokenizer). None:
     random init from these fields and a tokenizer trained on the prompt data."""
+
+    def __post_init__(self):
+        # ModelConfig(**json.loads(...)) of a saved asdict(cfg) (converter metadata).
+        if isinstance(self.rope_scaling, dict):
+            object.__setattr__(self, "rope_scaling", RopeScalingConfig(**self.rope_scaling))
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,14 @@ a real token never sees padding, so no attention mask is needed).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from maestro_megatron.config.schema import ParallelConfig, PrecisionConfig
 
 
 @dataclass(frozen=True)
@@ -55,14 +60,32 @@ class SequenceBatch:
         )
 
 
+def sequence_pad_multiple(parallel: ParallelConfig, precision: PrecisionConfig) -> int:
+    """The multiple a packed batch's width S must be for this layout.
+
+    Sequence parallelism splits S over TP ranks: a multiple of TP. FP8 (Transformer
+    Engine) needs every GEMM's token count divisible by 8 and pads to 64 by convention:
+    lcm(64, 8 TP) under sequence parallelism (S / TP tokens per rank), 64 without (for
+    TP <= 8 both are 64). Neither: 1.
+    """
+    tp = parallel.tensor_parallel if parallel.sequence_parallel else 1
+    if precision.fp8 is None:
+        return tp
+    return math.lcm(64, 8 * tp)
+
+
 def pack_sequences(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
-                   seq_length: int) -> SequenceBatch:
+                   seq_length: int, pad_multiple: int = 1) -> SequenceBatch:
     """Right-padded rows prompt + completion, cut at seq_length; mask on the completion.
 
-    -> SequenceBatch(tokens [B, S], response_mask [B, S]), S = longest row.
+    -> SequenceBatch(tokens [B, S], response_mask [B, S]), S = the longest row rounded up
+    to a multiple of `pad_multiple` (`sequence_pad_multiple`); S may then exceed
+    seq_length by padding only (pad_id tokens, mask 0).
     """
+    if pad_multiple < 1:
+        raise ValueError(f"pad_multiple must be >= 1, got {pad_multiple}")
     rows = [(p + c)[:seq_length] for p, c in zip(prompt_ids, completion_ids)]
-    width = max(len(r) for r in rows)
+    width = -(-max(len(r) for r in rows) // pad_multiple) * pad_multiple
     tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(rows), width)
     for i, (row, prompt) in enumerate(zip(rows, prompt_ids)):

@@ -136,11 +136,18 @@ def build_gpt_model(
     vp_stage: int | None = None,
     config=None,
 ):
-    """One GPTModel chunk. ``parallel_output=True``: logits stay vocab-sharded [S, B, V/TP]."""
+    """One GPTModel chunk. ``parallel_output=True``: logits stay vocab-sharded [S, B, V/TP].
+
+    ``model_cfg.rope_scaling`` (llama3) sets the rotary embedding's inverse frequencies
+    [kv_channels / 2] from `rope.scaled_inv_freq`: megatron's own ``rope_scaling`` flag
+    hard-codes three of the four llama3 parameters.
+    """
     from megatron.core.models.gpt import GPTModel
 
+    from maestro_megatron.megatron.rope import scaled_inv_freq
+
     config = config or build_transformer_config(model_cfg, parallel_cfg, precision_cfg)
-    return GPTModel(
+    model = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model_cfg, config),
         vocab_size=padded_vocab_size(model_cfg, parallel_cfg.tensor_parallel),
@@ -153,6 +160,10 @@ def build_gpt_model(
         rotary_base=int(model_cfg.rotary_base),
         vp_stage=vp_stage,
     )
+    if model_cfg.rope_scaling is not None:
+        rope = model.rotary_pos_emb  # before any forward: its embeddings are cached
+        rope.inv_freq = scaled_inv_freq(rope.inv_freq, model_cfg.rope_scaling)
+    return model
 
 
 def build_model(

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from maestro_megatron.config.schema import GRPOConfig, ModelConfig, Recipe
+from maestro_megatron.data.packing import sequence_pad_multiple
 from maestro_megatron.megatron.model import build_model, unwrap_model
 from maestro_megatron.megatron.parallel import ParallelGroups
 from maestro_megatron.megatron.train_step import (
@@ -115,6 +116,7 @@ def warmup(recipe: Recipe, cfg: ModelConfig, policy, tokenizer, groups: Parallel
     gen = torch.Generator().manual_seed(recipe.run.seed)
     per_rank = w.batch_size // groups.dp_size
     micro = min(recipe.grpo.micro_batch_size, per_rank)
+    pad_multiple = sequence_pad_multiple(recipe.parallel, recipe.precision)
     losses = []
     for _ in range(w.num_steps):
         pick = torch.randint(0, len(rows), (w.batch_size,), generator=gen).tolist()
@@ -123,7 +125,8 @@ def warmup(recipe: Recipe, cfg: ModelConfig, policy, tokenizer, groups: Parallel
                    for r in mine]
         targets = [tokenizer(r["response"], add_special_tokens=False)["input_ids"]
                    + [tokenizer.eos_token_id] for r in mine]
-        batch = pack_sequences(prompts, targets, tokenizer.pad_token_id, cfg.seq_length)
+        batch = pack_sequences(prompts, targets, tokenizer.pad_token_id, cfg.seq_length,
+                               pad_multiple)
         out, _ = optimizer_step(policy, optimizer, scheduler, batch, groups,
                                 loss_fn=sft_loss_fn(global_counts(batch.response_mask, groups)),
                                 micro_batch_size=micro, vocab_size=cfg.vocab_size)

@@ -1,11 +1,12 @@
 """Checks of a run's inputs that are cheap and must fail before expensive work
 (process groups, tokenizer training, model build, warm-up, engine start): the run
-directory, the model path, the data and warm-up files, the preference scorer's model,
-and every prompt's length against the context. Each failure is a `UserError` whose
-message names the key, the file and the line."""
+directory, the model path and the sequence length it allows, the data and warm-up
+files, the preference scorer's model, and every prompt's length against the context.
+Each failure is a `UserError` whose message names the key, the file and the line."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -39,6 +40,30 @@ def check_model_path(hf_path: str | None) -> None:
                         "model directory)")
 
 
+def check_seq_length(model) -> None:
+    """model.seq_length <= the positions the model supports: config.json's
+    max_position_embeddings with model.hf_path (model.max_position_embeddings without),
+    and model.rope_scaling is a type the trainer applies. Call after check_model_path."""
+    from maestro_megatron.megatron.rope import ROPE_TYPES
+
+    if model.hf_path is None:
+        limit, where = model.max_position_embeddings, "model.max_position_embeddings"
+        if model.rope_scaling is not None and model.rope_scaling.rope_type not in ROPE_TYPES:
+            raise UserError(f"model.rope_scaling.rope_type: {model.rope_scaling.rope_type!r} "
+                            f"is not supported (one of {', '.join(ROPE_TYPES)})")
+    else:
+        config = Path(model.hf_path) / "config.json"
+        try:
+            limit = json.loads(config.read_text()).get("max_position_embeddings")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise UserError(f"model.hf_path: {config} is not a readable JSON object "
+                            f"({exc})") from None
+        where = f"max_position_embeddings in {config}"
+    if isinstance(limit, int) and model.seq_length > limit:
+        raise UserError(f"model.seq_length: {model.seq_length} exceeds {where} = {limit} "
+                        "(the positions the model supports; lower model.seq_length)")
+
+
 def check_scorer(recipe) -> None:
     """A preference scorer's model directory exists (sequence classifier: required)."""
     from maestro_megatron.rewards import NEEDS_SCORER, reward_needs
@@ -69,6 +94,7 @@ def check_data(recipe) -> list:
 def check_run_inputs(recipe) -> list:
     """Every cheap check, in the order a user would fix them; returns the prompts."""
     check_model_path(recipe.model.hf_path)
+    check_seq_length(recipe.model)
     check_scorer(recipe)
     records = check_data(recipe)
     if int(os.environ.get("RANK", "0")) == 0:

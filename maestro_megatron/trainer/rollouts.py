@@ -101,10 +101,12 @@ def broadcast_rollouts(batch: RolloutBatch | None, src: int = 0,
     return box[0]
 
 
-def response_sequences(batch: RolloutBatch, pad_id: int, seq_length: int) -> SequenceBatch:
-    """The policy's view: prompt + sampled response, mask on the response tokens."""
+def response_sequences(batch: RolloutBatch, pad_id: int, seq_length: int,
+                       pad_multiple: int = 1) -> SequenceBatch:
+    """The policy's view: prompt + sampled response, mask on the response tokens; width
+    rounded up to `pad_multiple` (`data.packing.sequence_pad_multiple`)."""
     return pack_sequences(batch.per_response(batch.prompt_ids), batch.response_ids, pad_id,
-                          seq_length)
+                          seq_length, pad_multiple)
 
 
 THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
@@ -169,13 +171,14 @@ class AnswerView:
 
 
 def answer_sequences(batch: RolloutBatch, tokenizer, pad_id: int, seq_length: int,
-                     answer_pattern: str) -> AnswerView:
+                     answer_pattern: str, pad_multiple: int = 1) -> AnswerView:
     """Build r_ppl's view. reasoning + "<answer>" + reference + "</answer>" is encoded
     as one text (`split_tokenize`), so the reference's ids are the ones the policy
     would write there. The reference always appears whole: when the row would exceed
     `seq_length`, the reasoning loses tokens from its START (the part next to
     "<answer>" stays); when even no reasoning leaves room, the row is `skipped` and
-    its mask is empty. Rows without a reference get an empty mask."""
+    its mask is empty. Rows without a reference get an empty mask. The width is rounded
+    up to `pad_multiple` (padding only)."""
     from maestro_megatron.rewards import has_reference
 
     completions, spans, trimmed, skipped, thinking = [], [], [], [], []
@@ -204,7 +207,7 @@ def answer_sequences(batch: RolloutBatch, tokenizer, pad_id: int, seq_length: in
         spans.append((0, 0) if skip else (len(head), len(head) + len(answer)))
         trimmed.append(0 < cut and not skip)
         skipped.append(skip)
-    seqs = pack_sequences(prompts, completions, pad_id, seq_length)
+    seqs = pack_sequences(prompts, completions, pad_id, seq_length, pad_multiple)
     mask = torch.zeros_like(seqs.response_mask)
     for i, (p, (a, b)) in enumerate(zip(prompts, spans)):
         mask[i, len(p) + a:len(p) + b] = 1.0

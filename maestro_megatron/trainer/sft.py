@@ -105,6 +105,7 @@ def special_tokens(tokenizer) -> dict:
 def sft_step(recipe: Recipe, rows, step: int, tokenizer, cfg, policy, optimizer, scheduler,
              groups) -> dict[str, float]:
     """One optimizer step on this data-parallel rank's share of the step's batch."""
+    from maestro_megatron.data.packing import sequence_pad_multiple
     from maestro_megatron.megatron.train_step import (
         global_counts,
         optimizer_step,
@@ -119,7 +120,8 @@ def sft_step(recipe: Recipe, rows, step: int, tokenizer, cfg, policy, optimizer,
     prompts = [encode_prompt(tokenizer, r["prompt"], recipe.data) for r in mine]
     targets = [tokenizer(r["response"], add_special_tokens=False)["input_ids"]
                + [tokenizer.eos_token_id] for r in mine]
-    batch = pack_sequences(prompts, targets, tokenizer.pad_token_id, cfg.seq_length)
+    batch = pack_sequences(prompts, targets, tokenizer.pad_token_id, cfg.seq_length,
+                           sequence_pad_multiple(recipe.parallel, recipe.precision))
     out, info = optimizer_step(policy, optimizer, scheduler, batch, groups,
                                loss_fn=sft_loss_fn(global_counts(batch.response_mask, groups)),
                                micro_batch_size=min(recipe.grpo.micro_batch_size, per_rank),

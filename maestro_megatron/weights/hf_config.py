@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import asdict
 
-from maestro_megatron.config.schema import ModelConfig
+from maestro_megatron.config.schema import ModelConfig, RopeScalingConfig
 from maestro_megatron.weights.errors import ConversionError
 
 
@@ -14,18 +15,50 @@ def rope_theta(hf: dict) -> float:
     return float(hf.get("rope_theta") or params.get("rope_theta") or 10000.0)
 
 
+def _rope_dict(hf: dict) -> dict:
+    """The RoPE scaling keys: ``rope_scaling`` (transformers 4) or ``rope_parameters`` (5)."""
+    return hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+
+
 def _rope_type(hf: dict) -> str:
-    scaling = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    scaling = _rope_dict(hf)
     return scaling.get("rope_type") or scaling.get("type") or "default"
+
+
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
+               "original_max_position_embeddings")
+
+
+def rope_scaling(hf: dict) -> RopeScalingConfig | None:
+    """config.json's llama3 RoPE scaling; None for unscaled (or unsupported) RoPE.
+
+    A missing original_max_position_embeddings falls back to max_position_embeddings
+    (as transformers does); other missing keys raise ConversionError.
+    """
+    if _rope_type(hf) != "llama3":
+        return None
+    params = dict(_rope_dict(hf))
+    if "max_position_embeddings" in hf:
+        params.setdefault("original_max_position_embeddings", hf["max_position_embeddings"])
+    missing = [k for k in LLAMA3_KEYS if params.get(k) is None]
+    if missing:
+        raise ConversionError(f"config.json: llama3 rope scaling lacks {missing[0]!r}")
+    return RopeScalingConfig(
+        factor=float(params["factor"]), low_freq_factor=float(params["low_freq_factor"]),
+        high_freq_factor=float(params["high_freq_factor"]),
+        original_max_position_embeddings=int(params["original_max_position_embeddings"]))
 
 
 def to_model_config(hf: dict, *, qkv_bias: bool, qk_norm: bool, **overrides) -> ModelConfig:
     """HF config dict -> ModelConfig. ``overrides``: other ModelConfig fields (hf_path, ...).
 
-    Raises ConversionError for features megatron's GPTModel as built here cannot express
-    (o_proj or MLP biases, non-SiLU activations). Non-default RoPE scaling (Llama 3.1's
-    ``llama3``) only warns: the weights convert unchanged, but ModelConfig has no field
-    for it, so a megatron forward would use unscaled RoPE.
+    seq_length is config.json's max_position_embeddings (ModelConfig's
+    max_position_embeddings stays None, "the same"; a training run sets seq_length from
+    its recipe, see `hf_model.hf_model_config`). Raises ConversionError for
+    features megatron's GPTModel as built here cannot express (o_proj or MLP biases,
+    non-SiLU activations). RoPE scaling of type llama3 (Llama 3.1) becomes
+    ``rope_scaling``; other types (linear, dynamic, yarn, longrope, ...) only warn: the
+    weights convert unchanged, but a megatron forward uses unscaled RoPE.
     """
     arch = (hf.get("architectures") or ["?"])[0]
     for key in ("attention_bias", "mlp_bias"):
@@ -33,9 +66,10 @@ def to_model_config(hf: dict, *, qkv_bias: bool, qk_norm: bool, **overrides) -> 
             raise ConversionError(f"{arch}: {key}=true is not supported (o_proj/MLP biases)")
     if hf.get("hidden_act", "silu") != "silu":
         raise ConversionError(f"{arch}: hidden_act={hf['hidden_act']!r} is not supported (silu)")
-    if _rope_type(hf) != "default":
+    if _rope_type(hf) not in ("default", "llama3"):
         warnings.warn(f"{arch}: rope type {_rope_type(hf)!r} is not represented in "
-                      "ModelConfig; weights convert unchanged", stacklevel=2)
+                      "ModelConfig (llama3 is); weights convert unchanged, a megatron "
+                      "forward uses unscaled RoPE", stacklevel=2)
     if hf.get("use_sliding_window"):
         warnings.warn(f"{arch}: sliding-window attention is not represented", stacklevel=2)
     try:
@@ -52,6 +86,7 @@ def to_model_config(hf: dict, *, qkv_bias: bool, qk_norm: bool, **overrides) -> 
             vocab_size=int(hf["vocab_size"]),
             seq_length=int(hf.get("max_position_embeddings", 4096)),
             rotary_base=rope_theta(hf),
+            rope_scaling=rope_scaling(hf),
             norm_epsilon=float(hf.get("rms_norm_eps", 1e-6)),
             add_qkv_bias=qkv_bias,
             qk_layernorm=qk_norm,
@@ -67,7 +102,10 @@ def to_model_config(hf: dict, *, qkv_bias: bool, qk_norm: bool, **overrides) -> 
 def from_model_config(cfg: ModelConfig, architecture: str, model_type: str, *,
                       base: dict | None = None, dtype: str | None = None) -> dict:
     """ModelConfig -> HF config dict. Keys of ``base`` (the source config.json, e.g.
-    tokenizer ids, rope scaling) that ModelConfig does not describe are kept."""
+    tokenizer ids, rope types ModelConfig cannot express) that ModelConfig does not
+    describe are kept. max_position_embeddings: cfg's, else seq_length; llama3
+    ``rope_scaling`` is written in ``base``'s format (``rope_parameters`` of
+    transformers 5 when ``base`` has it, else ``rope_scaling``)."""
     hf = dict(base or {})
     head_dim = cfg.kv_channels or cfg.hidden_size // cfg.num_attention_heads
     hf.update(
@@ -80,7 +118,7 @@ def from_model_config(cfg: ModelConfig, architecture: str, model_type: str, *,
         num_attention_heads=cfg.num_attention_heads,
         num_key_value_heads=cfg.num_query_groups,
         hidden_act="silu",
-        max_position_embeddings=cfg.seq_length,
+        max_position_embeddings=cfg.max_position_embeddings or cfg.seq_length,
         rms_norm_eps=cfg.norm_epsilon,
         tie_word_embeddings=cfg.tie_embeddings,
         initializer_range=cfg.init_method_std,
@@ -89,8 +127,11 @@ def from_model_config(cfg: ModelConfig, architecture: str, model_type: str, *,
         hf["attention_bias"] = False
         hf["head_dim"] = head_dim
     params = hf.get("rope_parameters")
+    scaling = {} if cfg.rope_scaling is None else asdict(cfg.rope_scaling)
     if isinstance(params, dict):
-        hf["rope_parameters"] = {**params, "rope_theta": cfg.rotary_base}
+        hf["rope_parameters"] = {**params, **scaling, "rope_theta": cfg.rotary_base}
+    elif scaling:
+        hf["rope_scaling"] = {**(hf.get("rope_scaling") or {}), **scaling}
     if "rope_theta" in hf or not isinstance(params, dict):
         hf["rope_theta"] = cfg.rotary_base
     if dtype is not None:

@@ -38,13 +38,19 @@ DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float
 
 def hf_model_config(hf_dir: str | Path, base: ModelConfig | None = None
                     ) -> tuple[ModelConfig, DecoderMapping]:
-    """The architecture of an HF directory; recipe-only fields (padding multiple,
-    hf_path) are kept from `base`."""
+    """The architecture of an HF directory (config.json); the run's fields are kept from
+    the recipe's `base`: seq_length (config.json's max_position_embeddings goes to
+    `max_position_embeddings`, so an export keeps it; trainer/preflight.py checks that
+    seq_length fits), the vocabulary padding multiple and the init std. Without `base`
+    (the converter, tools), seq_length is config.json's max_position_embeddings."""
     hf = read_config(Path(hf_dir))
     mapping = mapping_for_hf_config(hf)
     cfg = mapping.model_config(hf)
     if base is not None:
-        cfg = replace(cfg, make_vocab_size_divisible_by=base.make_vocab_size_divisible_by,
+        positions = hf.get("max_position_embeddings")
+        cfg = replace(cfg, seq_length=base.seq_length,
+                      max_position_embeddings=None if positions is None else int(positions),
+                      make_vocab_size_divisible_by=base.make_vocab_size_divisible_by,
                       init_method_std=base.init_method_std)
     return replace(cfg, architecture=mapping.architecture, hf_path=str(hf_dir)), mapping
 

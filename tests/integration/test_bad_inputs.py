@@ -157,6 +157,25 @@ def test_debug_shows_the_traceback(files):
         main(["--debug", "train", TINY, f"data.path={files['empty']}"])
 
 
+def test_seq_length_beyond_the_checkpoint_is_named_before_any_model(tmp_path, capsys,
+                                                                    monkeypatch):
+    """A recipe's model.seq_length (the trainer's and vLLM's context) longer than the
+    checkpoint's positions: one line naming the key and both numbers, before anything
+    (here the model directory has nothing but its config.json)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"],
+                                                   "max_position_embeddings": 64}))
+    monkeypatch.chdir(ROOT)
+    assert main(["train", TINY, f"model.hf_path={model}",
+                 f"run.output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: model.seq_length: 128 exceeds "
+                                               "max_position_embeddings in "), err
+    assert f"{model / 'config.json'} = 64" in err[0], err[0]
+    assert not (tmp_path / "run").exists()
+
+
 def _cli(*args):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "maestro_megatron.cli", *args], cwd=ROOT,
