@@ -35,6 +35,17 @@ class SequenceBatch:
     def batch_size(self) -> int:
         return self.tokens.size(0)
 
+    def to(self, device: torch.device | str) -> SequenceBatch:
+        """Every tensor of the batch on `device` (the model's: where a step's batch moves,
+        once, before its forwards)."""
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return replace(self, tokens=move(self.tokens), response_mask=move(self.response_mask),
+                       position_ids=move(self.position_ids),
+                       attention_mask=move(self.attention_mask),
+                       extras={k: move(v) for k, v in self.extras.items()})
+
     def rows(self, index: torch.Tensor) -> SequenceBatch:
         """The rows `index` ([b] long) of every field, in that order."""
         def pick(t):

@@ -144,6 +144,14 @@ def init_distributed(
     return groups
 
 
+def collective_device() -> torch.device:
+    """Where a tensor handed to this job's collectives lives: the current GPU under NCCL
+    (which reduces GPU tensors only), the host under gloo (CPU runs)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def current_groups(vpp_size: int | None = None) -> ParallelGroups:
     """Snapshot Megatron's initialised parallel state as a :class:`ParallelGroups`."""
     from megatron.core import parallel_state as ps

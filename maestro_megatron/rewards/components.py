@@ -135,7 +135,8 @@ def strip_answer(response: str, answer_pattern: str) -> str:
 @register_reward("ppl", needs=(NEEDS_PROXY,))
 def _ppl(batch: RewardBatch, opts) -> torch.Tensor:
     batch.require("proxy_answer_logprobs", "proxy_answer_mask")
-    has_ref = torch.tensor([has_reference(r) for r in batch.references])
+    has_ref = torch.tensor([has_reference(r) for r in batch.references],
+                           device=batch.proxy_answer_logprobs.device)
     return ppl_reward(batch.proxy_answer_logprobs, batch.proxy_answer_mask,
                       batch.proxy_response_logprobs, batch.response_mask, has_ref,
                       batch.proxy_answer_skipped)
@@ -173,10 +174,11 @@ def _nover(batch: RewardBatch, opts) -> torch.Tensor:
 
     batch.require("proxy_answer_logprobs", "proxy_answer_mask", "reasoning_tokens")
     g = batch.group_size
-    fmt = fmt_reward(batch.responses, opts.format_pattern)
+    device = batch.proxy_answer_logprobs.device
+    fmt = fmt_reward(batch.responses, opts.format_pattern).to(device)
     ppl = reasoning_perplexity(batch.proxy_answer_logprobs, batch.proxy_answer_mask,
                                batch.reasoning_tokens)
-    scored = torch.tensor([has_reference(r) for r in batch.references])
+    scored = torch.tensor([has_reference(r) for r in batch.references], device=device)
     if batch.proxy_answer_skipped is not None:
         scored &= ~batch.proxy_answer_skipped.bool()
     reward = nover_reward(fmt.view(-1, g), ppl.view(-1, g),
@@ -211,6 +213,9 @@ def compute_rewards(batch: RewardBatch, components: tuple[str, ...], options,
     times: when given, each component's wall-clock seconds go to
     times["timing/reward/<name>"] (the step's metrics), to see which one costs.
 
+    r lives on the host: a component computed on the model's device from [B, T]
+    tensors (ppl, ent, seq_logprob) is copied to the host as one [B] column; the
+    scalarization of [B, K] runs there (the Conductor's head on its own device).
     A component that raises or returns NaN/inf is a `RewardError` naming it and the
     first bad response, unless options.on_nonfinite is "skip": then the bad entries
     are NaN in the result (a raising component: its whole column) and the scalarize
@@ -224,6 +229,7 @@ def compute_rewards(batch: RewardBatch, components: tuple[str, ...], options,
         start = time.perf_counter()
         try:
             column = REWARDS[name].fn(batch, getattr(options, name, None)).float()
+            column = column.cpu()
         except (ValueError, RuntimeError, OSError) as exc:
             if not skip:
                 raise RewardError(f"reward {name!r} failed: {exc} (rewards.on_nonfinite: "

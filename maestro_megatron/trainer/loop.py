@@ -97,11 +97,38 @@ def train(recipe: Recipe) -> Path | None:
 
 def run_step(state: RunState, step: int) -> bool:
     """One MAESTRO iteration (collective over all ranks); True if it saved a checkpoint."""
-    recipe, groups, models, g = state.recipe, state.groups, state.models, state.recipe.grpo
+    recipe, groups, models = state.recipe, state.groups, state.models
     timer, start, metrics = Timer(step), time.perf_counter(), {}
     enter_step(step)  # the step MAESTRO_FAULT's testing hooks compare (trainer/faults.py)
     with timer("rollout"):
         local = rollout_step(state, step)
+    task_weights, records = learn_step(state, step, local, timer, metrics)
+    with timer("refit"):
+        fault_point("refit")
+        metrics.update(refit_policy(state.engine, models.policy, models.cfg, groups,
+                                    recipe.rollout.refit_bucket_mb * 1024 * 1024,
+                                    all_replicas=recipe.rollout.placement == "replica"))
+    metrics.update(timer.times)
+    metrics["timing/step"] = time.perf_counter() - start
+    if state.is_logger:
+        state.writer.log(step, metrics)
+        state.writer.log_conductor_weights(step, task_weights, list(recipe.rewards.components))
+        if recipe.run.log_rollouts:
+            state.writer.log_rollouts(step, records)
+    run = recipe.run
+    if (run.save_every and step % run.save_every == 0) or step == run.num_steps:
+        save_step(state, step)
+        return True
+    return False
+
+
+def learn_step(state: RunState, step: int, local, timer: Timer, metrics: dict):
+    """Everything between the rollout and the refit, on this rank's groups: forwards,
+    rewards, scalarizer, advantages, the policy update, the scalarizer's observe/update
+    hooks; the step's metrics go into `metrics`. -> (per-task weights, rollout records),
+    both None off the logging stage. The fake-GPU step (trainer/fake_step.py) calls it
+    as the trainer does, with synthetic rollouts."""
+    recipe, groups, models, g = state.recipe, state.groups, state.models, state.recipe.grpo
     policy_first = policy_forward_needed(recipe)
     with timer("forward"):
         fwd = forward_step(models, local, recipe, groups, models.tokenizer.pad_token_id,
@@ -112,6 +139,7 @@ def run_step(state: RunState, step: int) -> bool:
             rewards = reward_step(recipe, local, fwd, state.scorer, models.cfg.vocab_size,
                                   times=timer.times)
         with timer("scalarize"):  # the scalarizer's weights, R and advantages
+            tasks = local.per_response(local.tasks)
             sc = scalarize_step(
                 state.scalarizer, rewards,
                 logprobs=fwd.policy.logprobs if policy_first else None,
@@ -122,9 +150,8 @@ def run_step(state: RunState, step: int) -> bool:
                                        g.num_prompts_per_step * g.group_size,
                                        groups.dp_rank * state.prompts_per_rank * g.group_size,
                                        local.num_responses),
-                tasks=tuple(local.per_response(local.tasks)),
-                task_ids=torch.tensor([state.task_index[t]
-                                       for t in local.per_response(local.tasks)]),
+                tasks=tuple(tasks),
+                task_ids=torch.tensor([state.task_index[t] for t in tasks]),
                 reduce_sum=state.sync.sum_over_dp)
     if groups.is_last_stage and policy_first:
         with timer("metrics"):
@@ -143,23 +170,7 @@ def run_step(state: RunState, step: int) -> bool:
         with timer("scalarizer_update"):
             state.scalarizer.observe(sc.context, sc.used, sc.advantages)
             metrics.update(state.scalarizer.update(step, state.sync))
-    with timer("refit"):
-        fault_point("refit")
-        metrics.update(refit_policy(state.engine, models.policy, models.cfg, groups,
-                                    recipe.rollout.refit_bucket_mb * 1024 * 1024,
-                                    all_replicas=recipe.rollout.placement == "replica"))
-    metrics.update(timer.times)
-    metrics["timing/step"] = time.perf_counter() - start
-    if state.is_logger:
-        state.writer.log(step, metrics)
-        state.writer.log_conductor_weights(step, task_weights, list(recipe.rewards.components))
-        if recipe.run.log_rollouts:
-            state.writer.log_rollouts(step, records)
-    run = recipe.run
-    if (run.save_every and step % run.save_every == 0) or step == run.num_steps:
-        save_step(state, step)
-        return True
-    return False
+    return task_weights, records
 
 
 def metrics_step(state: RunState, local, sc, fwd, metrics: dict):
@@ -209,15 +220,15 @@ def train_step(state: RunState, fwd, sc, truncated: list[bool],
     outputs: see `grpo_train_step` (one optimizer step only)."""
     g, device, (rows, seq) = state.recipe.grpo, state.device, fwd.sequences.tokens.shape
     zeros = torch.zeros(rows, seq, device=device)
-    advantages = sc.advantages if sc is not None else torch.zeros(rows)
+    advantages = sc.advantages if sc is not None else torch.zeros(rows, device=device)
     extras = {"advantages": advantages.to(device),
               "ref_logprobs": fwd.reference.logprobs if fwd.reference is not None else zeros}
     if outputs is None:
         extras["old_logprobs"] = fwd.policy.logprobs if fwd.policy is not None else zeros
     mask = fwd.sequences.response_mask
     if g.mask_truncated:
-        mask = mask * (1.0 - torch.tensor(truncated, dtype=mask.dtype))[:, None]
-    batch = SequenceBatch(fwd.sequences.tokens.to(device), mask.to(device), extras=extras)
+        mask = mask * (1.0 - torch.tensor(truncated, dtype=mask.dtype, device=mask.device))[:, None]
+    batch = SequenceBatch(fwd.sequences.tokens, mask, extras=extras)  # on `device` already
     parts = [None] if g.num_minibatches == 1 else minibatch_rows(
         state.prompts_per_rank, g.group_size, g.num_minibatches,
         state.groups.dp_rank * state.prompts_per_rank)
@@ -228,7 +239,8 @@ def train_step(state: RunState, fwd, sc, truncated: list[bool],
                                          state.scheduler,
                                          batch if part is None else batch.rows(part), g,
                                          state.groups, vocab_size=state.models.cfg.vocab_size,
-                                         outputs=outputs))
+                                         outputs=outputs, logprob_chunk_tokens=(
+                                             state.recipe.memory.logprob_chunk_tokens)))
             fault_point("train")  # MAESTRO_FAULT=train@N dies after the first one
     metrics = {k: sum(m[k] for m in steps) / len(steps) for k in steps[0]}
     metrics["train/lr"] = steps[-1]["train/lr"]

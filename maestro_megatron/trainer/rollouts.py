@@ -169,6 +169,12 @@ class AnswerView:
     reasoning_tokens: torch.Tensor
     """[B] tokens of the stripped text inside the first <think>...</think> (0: none)."""
 
+    def to(self, device) -> AnswerView:
+        """The view with every tensor on `device` (the model's)."""
+        return AnswerView(self.sequences.to(device), self.has_reference.to(device),
+                          self.trimmed.to(device), self.skipped.to(device),
+                          self.reasoning_tokens.to(device))
+
 
 def answer_sequences(batch: RolloutBatch, tokenizer, pad_id: int, seq_length: int,
                      answer_pattern: str, pad_multiple: int = 1) -> AnswerView:

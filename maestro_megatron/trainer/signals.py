@@ -107,8 +107,10 @@ class StopRequest:
         import torch
         import torch.distributed as dist
 
+        from maestro_megatron.megatron.parallel import collective_device
+
         local = self.flag or (self.path is not None and os.path.exists(self.path))
-        value = torch.tensor([1.0 if local else 0.0])
+        value = torch.tensor([1.0 if local else 0.0], device=collective_device())
         if dist.is_initialized() and dist.get_world_size(group) > 1:
             dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
         return bool(value.item() > 0)

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from maestro_megatron.config.schema import Recipe
-from maestro_megatron.data.packing import SequenceBatch
+from maestro_megatron.data.packing import SequenceBatch, sequence_pad_multiple
 from maestro_megatron.megatron.forward import ForwardOutput, forward_logprobs
 from maestro_megatron.megatron.parallel import ParallelGroups
 from maestro_megatron.rewards import (
@@ -89,7 +89,11 @@ def forward_step(models, local: RolloutBatch, recipe: Recipe, groups: ParallelGr
     forward/reference, forward/proxy)."""
     seq_len, vocab = models.cfg.seq_length, models.cfg.vocab_size
     kw = dict(micro_batch_size=recipe.grpo.micro_batch_size, vocab_size=vocab)
-    sequences = response_sequences(local, pad_id, seq_len)
+    # The one place a step's batch moves to the model's device: the rollout's token
+    # ids are host lists; every later tensor of the step is made where these live.
+    device = next(models.policy[0].parameters()).device
+    pad_multiple = sequence_pad_multiple(recipe.parallel, recipe.precision)
+    sequences = response_sequences(local, pad_id, seq_len, pad_multiple).to(device)
     policy_out = None
     if policy:
         with timed(times, "forward/policy"):
@@ -100,7 +104,8 @@ def forward_step(models, local: RolloutBatch, recipe: Recipe, groups: ParallelGr
     if NEEDS_PROXY in reward_needs(recipe.rewards.components):
         with timed(times, "forward/proxy"):
             answers = answer_sequences(local, models.tokenizer, pad_id, seq_len,
-                                       recipe.rewards.ppl.answer_pattern)
+                                       recipe.rewards.ppl.answer_pattern,
+                                       pad_multiple=pad_multiple).to(device)
             proxy_model = (models.policy if recipe.rewards.ppl.proxy == "policy"
                            else models.reference)
             proxy = forward_logprobs(proxy_model, answers.sequences, groups, **kw)
@@ -114,7 +119,8 @@ def reward_step(recipe: Recipe, local: RolloutBatch, fwd: Forwards, scorer,
     batch = RewardBatch(
         prompts=local.per_response(local.prompts), responses=local.response_texts,
         references=local.per_response(local.references),
-        response_lengths=torch.tensor([len(r) for r in local.response_ids]),
+        response_lengths=torch.tensor([len(r) for r in local.response_ids],
+                                      device=fwd.sequences.tokens.device),
         vocab_size=vocab_size, entropy=None if fwd.policy is None else fwd.policy.entropy,
         response_mask=fwd.sequences.response_mask,
         proxy_answer_logprobs=None if fwd.proxy is None else fwd.proxy.logprobs,

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from maestro_megatron.config.schema import ModelConfig
 from maestro_megatron.megatron.model import unwrap_model
-from maestro_megatron.megatron.parallel import ParallelGroups
+from maestro_megatron.megatron.parallel import ParallelGroups, collective_device
 from maestro_megatron.weights import layout
 from maestro_megatron.weights.mapping import DecoderMapping
 from maestro_megatron.weights.units import Unit, to_hf
@@ -43,13 +43,15 @@ def _find_param(chunks: list[torch.nn.Module], unit: Unit) -> torch.Tensor | Non
     return None
 
 
-def _owner_stage(param: torch.Tensor | None, groups: ParallelGroups, unit: Unit) -> int:
-    flag = torch.tensor([groups.pp_rank + 1 if param is not None else 0])
+def _owner_stage(param: torch.Tensor | None, groups: ParallelGroups, unit: Unit,
+                 device) -> int:
+    flag = torch.tensor([groups.pp_rank + 1 if param is not None else 0], device=device)
     if groups.pp_size > 1:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=groups.pp)
-    if int(flag) == 0:
+    owner = int(flag)  # a host read: every rank needs the owner to go on
+    if owner == 0:
         raise KeyError(f"no pipeline stage holds {unit.param_name()} (HF {unit.hf_names})")
-    return int(flag) - 1
+    return owner - 1
 
 
 def _tp_full(param: torch.Tensor, unit: Unit, groups: ParallelGroups) -> torch.Tensor:
@@ -100,10 +102,10 @@ def iter_hf_weights(model_chunks: list[torch.nn.Module], mapping: DecoderMapping
     if groups.cp_rank != 0 or (groups.dp_rank != 0 and not all_replicas):
         return
     dtype = unwrap_model(model_chunks[0]).config.params_dtype
-    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    device = collective_device()
     for unit in mapping.units(cfg):
         param = _find_param(model_chunks, unit)
-        owner = _owner_stage(param, groups, unit)
+        owner = _owner_stage(param, groups, unit, device)
         full = _tp_full(param, unit, groups) if groups.pp_rank == owner else None
         full = _pp_broadcast(full, owner, groups, dtype, device)
         tensors = to_hf(unit, full, cfg) if is_refit_leader(groups, all_replicas) \
