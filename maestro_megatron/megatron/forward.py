@@ -69,14 +69,17 @@ def sequence_outputs(
     micro_batch: SequenceBatch,
     tp_group: dist.ProcessGroup | None,
     vocab_size: int,
+    chunk_tokens: int = 2048,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """logits [b, S, V/TP] and final-layernorm output [S, b, H] -> logprobs, entropy, h.
 
+    ``chunk_tokens``: the vocabulary math's fp32 block (`vocab_parallel`; 0: whole).
     Returns logprobs [b, S] (differentiable), entropy [b, S], h [b, H] (detached).
     """
     tokens, mask = micro_batch.tokens, micro_batch.response_mask
     logprobs, entropy = vocab_parallel_logprobs_and_entropy(
-        logits_shard[:, :-1], tokens[:, 1:], tp_group, vocab_size=vocab_size
+        logits_shard[:, :-1], tokens[:, 1:], tp_group, vocab_size=vocab_size,
+        chunk_tokens=chunk_tokens,
     )
     # Shift right by one so position t holds the score of tokens[:, t].
     logprobs = torch.nn.functional.pad(logprobs, (1, 0))
@@ -118,7 +121,8 @@ def _final_norm(model_chunks: list[torch.nn.Module]) -> torch.nn.Module | None:
     return None
 
 
-def _forward_step(data_iterator, model, *, capture, groups, vocab_size, loss_fn, loss_scale):
+def _forward_step(data_iterator, model, *, capture, groups, vocab_size, loss_fn, loss_scale,
+                  chunk_tokens):
     micro_batch: SequenceBatch = next(data_iterator)
     position_ids = micro_batch.position_ids
     if position_ids is None:
@@ -130,14 +134,14 @@ def _forward_step(data_iterator, model, *, capture, groups, vocab_size, loss_fn,
     final_hidden = capture.output if capture is not None else None
     return output, partial(
         _last_stage_loss, micro_batch=micro_batch, final_hidden=final_hidden, groups=groups,
-        vocab_size=vocab_size, loss_fn=loss_fn, loss_scale=loss_scale,
+        vocab_size=vocab_size, loss_fn=loss_fn, loss_scale=loss_scale, chunk_tokens=chunk_tokens,
     )
 
 
 def _last_stage_loss(logits, *, micro_batch, final_hidden, groups, vocab_size, loss_fn,
-                     loss_scale):
+                     loss_scale, chunk_tokens):
     logprobs, entropy, h = sequence_outputs(logits, final_hidden, micro_batch, groups.tp,
-                                            vocab_size)
+                                            vocab_size, chunk_tokens)
     if loss_fn is None:
         loss, metrics = logprobs.new_zeros(()), {}
     else:
@@ -155,6 +159,7 @@ def run_forward_backward(
     micro_batch_size: int,
     vocab_size: int,
     loss_fn: LossFn | None = None,
+    logprob_chunk_tokens: int = 2048,
 ) -> ForwardOutput | None:
     """Forward (``loss_fn=None``: no grad) or forward+backward over ``batch``.
 
@@ -164,6 +169,8 @@ def run_forward_backward(
         groups: this rank's process groups.
         vocab_size: real vocabulary size (padding rows are excluded from the softmax).
         loss_fn: training loss of one micro-batch (see module docstring for scaling).
+        logprob_chunk_tokens: tokens per fp32 block of the log-prob/entropy math
+            (``memory.logprob_chunk_tokens``; 0: the whole micro-batch at once).
 
     Returns:
         ForwardOutput on the last pipeline stage, None elsewhere. Training leaves the
@@ -184,7 +191,8 @@ def run_forward_backward(
                                                           groups.tp)
     forward_only = loss_fn is None
     step = partial(_forward_step, capture=capture, groups=groups, vocab_size=vocab_size,
-                   loss_fn=loss_fn, loss_scale=num_microbatches * groups.dp_size)
+                   loss_fn=loss_fn, loss_scale=num_microbatches * groups.dp_size,
+                   chunk_tokens=logprob_chunk_tokens)
     # Interleaved schedules read one iterator per chunk; each chunk sees every micro-batch.
     iterators = [iter(micro_batches) for _ in model_chunks]
     try:
@@ -218,7 +226,8 @@ def forward_logprobs(
     *,
     micro_batch_size: int,
     vocab_size: int,
+    logprob_chunk_tokens: int = 2048,
 ) -> ForwardOutput | None:
     """Forward only (reference model, old logprobs, scoring): see :func:`run_forward_backward`."""
     return run_forward_backward(model_chunks, batch, groups, micro_batch_size=micro_batch_size,
-                                vocab_size=vocab_size)
+                                vocab_size=vocab_size, logprob_chunk_tokens=logprob_chunk_tokens)

@@ -91,16 +91,18 @@ def reduce_metrics(per_micro: list[dict], groups: ParallelGroups, prefix: str
 
 def optimizer_step(model_chunks: list[torch.nn.Module], optimizer, scheduler,
                    batch: SequenceBatch, groups: ParallelGroups, *, loss_fn,
-                   micro_batch_size: int, vocab_size: int):
+                   micro_batch_size: int, vocab_size: int, logprob_chunk_tokens: int = 2048):
     """zero grads -> forward/backward with `loss_fn` -> optimizer (clip) -> scheduler.
 
+    logprob_chunk_tokens: see `run_forward_backward` (memory.logprob_chunk_tokens).
     Returns (ForwardOutput on the last stage else None, {"grad_norm", "lr"}).
     """
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     out = run_forward_backward(model_chunks, batch, groups, micro_batch_size=micro_batch_size,
-                               vocab_size=vocab_size, loss_fn=loss_fn)
+                               vocab_size=vocab_size, loss_fn=loss_fn,
+                               logprob_chunk_tokens=logprob_chunk_tokens)
     update_ok, grad_norm, _ = optimizer.step()
     if not update_ok:
         raise FloatingPointError("optimizer step skipped: non-finite gradients")
@@ -122,7 +124,8 @@ def sft_loss_fn(counts: GlobalCounts):
 
 def grpo_train_step(model_chunks: list[torch.nn.Module], optimizer, scheduler,
                     batch: SequenceBatch, grpo: GRPOConfig, groups: ParallelGroups,
-                    *, vocab_size: int, outputs: list | None = None) -> dict[str, float]:
+                    *, vocab_size: int, outputs: list | None = None,
+                    logprob_chunk_tokens: int = 2048) -> dict[str, float]:
     """One policy update on this rank's share of the batch.
 
     batch.extras: "advantages" [B], "old_logprobs" [B, S] (absent: on-policy, see
@@ -131,12 +134,14 @@ def grpo_train_step(model_chunks: list[torch.nn.Module], optimizer, scheduler,
     reference is given: token means over the global batch; train/grad_norm, train/lr)
     on last-stage ranks, and {"train/grad_norm", "train/lr"} elsewhere. outputs: when
     given, the pass's ForwardOutput (last stage; None elsewhere) is appended: the
-    policy's log-probs, entropy and h BEFORE this update.
+    policy's log-probs, entropy and h BEFORE this update. logprob_chunk_tokens: see
+    `run_forward_backward` (memory.logprob_chunk_tokens).
     """
     counts = global_counts(batch.response_mask, groups)
     out, step = optimizer_step(model_chunks, optimizer, scheduler, batch, groups,
                                loss_fn=grpo_loss_fn(grpo, counts),
-                               micro_batch_size=grpo.micro_batch_size, vocab_size=vocab_size)
+                               micro_batch_size=grpo.micro_batch_size, vocab_size=vocab_size,
+                               logprob_chunk_tokens=logprob_chunk_tokens)
     metrics = {f"train/{k}": v for k, v in step.items()}
     if outputs is not None:
         outputs.append(out)
