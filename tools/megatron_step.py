@@ -44,7 +44,8 @@ def main(argv: list[str]) -> None:
         raise ValueError(f"grpo.num_prompts_per_step={g.num_prompts_per_step} must split over "
                          f"{groups.dp_size} data-parallel ranks (a group never straddles ranks)")
     build = dict(pp_rank=groups.pp_rank, pp_size=groups.pp_size)
-    policy = build_model(m, recipe.parallel, recipe.precision, wrap_ddp=True, **build)
+    policy = build_model(m, recipe.parallel, recipe.precision, wrap_ddp=True,
+                         memory_cfg=recipe.memory, **build)
     reference = build_model(m, recipe.parallel, recipe.precision, freeze=True, **build)
     for pol, ref in zip(policy, reference):
         ref.load_state_dict(pol.module.state_dict())
@@ -59,7 +60,8 @@ def main(argv: list[str]) -> None:
     num_global = g.num_prompts_per_step * g.group_size
     rows, seq = num_global // groups.dp_size, m.seq_length
     offset = groups.dp_rank * rows
-    kw = dict(micro_batch_size=g.micro_batch_size, vocab_size=m.vocab_size)
+    kw = dict(micro_batch_size=g.micro_batch_size, vocab_size=m.vocab_size,
+              logprob_chunk_tokens=recipe.memory.logprob_chunk_tokens)
     for step in range(1, run.num_steps + 1):
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(run.seed * 7919 + step)
@@ -86,7 +88,8 @@ def main(argv: list[str]) -> None:
                   "ref_logprobs": ref.logprobs if ref is not None else zeros}
         metrics = grpo_train_step(policy, optimizer, scheduler,
                                   SequenceBatch(batch.tokens, batch.response_mask, extras=extras),
-                                  g, groups, vocab_size=m.vocab_size)
+                                  g, groups, vocab_size=m.vocab_size,
+                                  logprob_chunk_tokens=recipe.memory.logprob_chunk_tokens)
         if sc is not None:
             scalarizer.observe(sc.context, sc.used, sc.advantages)
             metrics.update(scalarizer.update(step, sync))

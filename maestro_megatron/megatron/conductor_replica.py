@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from maestro_megatron.conductor import Conductor
+from maestro_megatron.megatron.parallel import collective_device
 
 
 def broadcast_parameters(conductor: Conductor, group: dist.ProcessGroup) -> None:
@@ -59,8 +60,11 @@ def check_replicas(conductor: Conductor, group: dist.ProcessGroup, tol: float = 
 
 
 def sum_over_group(tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    """A copy of `tensor` summed over `group` (the input is left as it is)."""
-    out = tensor.clone()
-    if dist.get_world_size(group) > 1:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
-    return out
+    """A copy of `tensor` summed over `group` (the input is left as it is), on the
+    input's device: the batch statistics of the host-side scalarization ([K] sums) go
+    through the collective's device (a GPU under NCCL) and come back."""
+    if dist.get_world_size(group) == 1:
+        return tensor.clone()
+    out = tensor.to(collective_device(), copy=True)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+    return out.to(tensor.device)

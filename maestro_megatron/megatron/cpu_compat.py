@@ -24,6 +24,12 @@ the device. This module redirects exactly those names to the CPU, and nothing el
 6. Warnings raised inside a torch call name this module (the mode's frame); the one
    known-harmless one, megatron's optimizer reading unset ``.grad`` of its fp32 views,
    is silenced where it happens (:func:`_optimizer_view_grad`).
+7. Code that runs inside backward runs without the mode: torch routes
+   ``torch.autograd.backward`` through function modes and pops a mode while its
+   handler runs. Activation recomputation (``memory.recompute``) re-runs layer forwards
+   there; their one literal CUDA allocation, the default causal mask of the local
+   spec's softmax, is pointed at the CPU where softmax looks it up
+   (:func:`_patch_megatron_masks`).
 
 Activate with :func:`enable_cpu_compat` before building anything; it is a no-op when
 CUDA is available, and idempotent.
@@ -166,6 +172,18 @@ def _patch_megatron_rng() -> None:
     logging.getLogger(mrandom.__name__).addFilter(_DropSharedGeneratorWarning())
 
 
+def _cpu_causal_mask(sq: int) -> torch.Tensor:
+    # megatron's get_default_causal_mask (True above the diagonal = masked), on the CPU.
+    return torch.triu(torch.ones(sq, sq, device=_CPU), diagonal=1).bool()
+
+
+def _patch_megatron_masks() -> None:
+    # fused_softmax binds the helper at import; its lookup is the one to replace.
+    from megatron.core.fusions import fused_softmax
+
+    fused_softmax.get_default_causal_mask = _cpu_causal_mask
+
+
 def enable_cpu_compat() -> bool:
     """Redirect megatron-core's CUDA-only calls to CPU. Returns True when active.
 
@@ -178,6 +196,7 @@ def enable_cpu_compat() -> bool:
         return True
     _patch_torch_cuda()
     _patch_megatron_rng()
+    _patch_megatron_masks()
     _MODE = _CudaToCpuMode()
     _MODE.__enter__()  # stays pushed for the life of the process
     _ENABLED = True

@@ -120,6 +120,8 @@ class DeviceCheck(TorchDispatchMode):
         self.peak = 0
         self._seen: dict[int, int] = {}
         self.host_reads: Counter[str] = Counter()
+        self.collectives: Counter[str] = Counter()
+        """c10d ops seen (each had only GPU tensors, or it raised)."""
         self.phases: dict[str, PhasePeak] = {}
         self._trusted = 0
 
@@ -179,6 +181,8 @@ class DeviceCheck(TorchDispatchMode):
         name = func.__name__.split(".")[0]
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         devices = {t.device.type for t in tensors}
+        if func.namespace == "c10d":
+            self.collectives[name] += 1
         if func.namespace == "c10d" and "cpu" in devices:
             shapes = [tuple(t.shape) for t in tensors if t.device.type == "cpu"]
             raise DeviceMismatch(f"collective {name} got host tensor(s) {shapes} "

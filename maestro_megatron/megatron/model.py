@@ -13,7 +13,12 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from maestro_megatron.config.schema import ModelConfig, ParallelConfig, PrecisionConfig
+from maestro_megatron.config.schema import (
+    MemoryConfig,
+    ModelConfig,
+    ParallelConfig,
+    PrecisionConfig,
+)
 from maestro_megatron.megatron.cpu_compat import config_overrides
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -57,10 +62,48 @@ def padded_vocab_size(model_cfg: ModelConfig, tp: int) -> int:
     return -(-model_cfg.vocab_size // multiple) * multiple
 
 
+def recompute_fields(memory_cfg: MemoryConfig, model_cfg: ModelConfig,
+                     parallel_cfg: ParallelConfig) -> dict:
+    """``memory.recompute`` -> megatron's TransformerConfig recompute fields.
+
+    - none: nothing recomputed (megatron's ``recompute_granularity=None``).
+    - selective: ``recompute_modules=["core_attn"]``: each layer's core attention
+      (softmax(QK^T) V, whose [b, heads, S, S] scores dominate activation memory on the
+      local spec) is re-run in backward; everything else is kept. megatron refuses
+      ``recompute_num_layers`` with it. With Transformer Engine's fused attention the
+      scores are never stored, so it saves little there (megatron warns).
+    - full: ``recompute_method="uniform"``: only the input of every group of
+      ``memory.recompute_num_layers`` consecutive layers is kept; the group's forward
+      re-runs in backward. The groups tile each model chunk's layers
+      (``num_layers / (PP * VPP)``), so the count must divide that.
+    """
+    if memory_cfg.recompute == "none":
+        return {}
+    if memory_cfg.recompute == "selective":
+        return {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]}
+    if memory_cfg.recompute != "full":
+        raise ValueError(f"memory.recompute={memory_cfg.recompute!r}: expected "
+                         "none|selective|full")
+    per_chunk = model_cfg.num_layers // (parallel_cfg.pipeline_parallel
+                                         * (parallel_cfg.virtual_pipeline_parallel or 1))
+    group = memory_cfg.recompute_num_layers
+    if group < 1 or per_chunk % group:
+        raise ValueError(f"memory.recompute_num_layers={group} must divide the "
+                         f"{per_chunk} layers of each model chunk (model.num_layers / "
+                         "(pipeline_parallel x virtual_pipeline_parallel))")
+    return {"recompute_granularity": "full", "recompute_method": "uniform",
+            "recompute_num_layers": group}
+
+
 def build_transformer_config(
-    model_cfg: ModelConfig, parallel_cfg: ParallelConfig, precision_cfg: PrecisionConfig
+    model_cfg: ModelConfig, parallel_cfg: ParallelConfig, precision_cfg: PrecisionConfig,
+    memory_cfg: MemoryConfig | None = None,
 ):
-    """The only place a ``megatron.core.transformer.TransformerConfig`` is built."""
+    """The only place a ``megatron.core.transformer.TransformerConfig`` is built.
+
+    ``memory_cfg``: activation recomputation (`recompute_fields`); None: the defaults
+    (no recomputation: what a frozen, forward-only model needs).
+    """
     from megatron.core.transformer import TransformerConfig
 
     impl = resolve_transformer_impl(precision_cfg)
@@ -74,6 +117,7 @@ def build_transformer_config(
         # The local spec's torch norms cannot run on sequence-sharded activations.
         raise ValueError("parallel.sequence_parallel=true needs precision.transformer_impl "
                          "resolving to transformer_engine (GPU + TE)")
+    recompute = recompute_fields(memory_cfg or MemoryConfig(), model_cfg, parallel_cfg)
     return TransformerConfig(
         num_layers=model_cfg.num_layers,
         hidden_size=model_cfg.hidden_size,
@@ -109,6 +153,7 @@ def build_transformer_config(
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         cuda_graph_scope=[],  # the whole layer; megatron's default "full" is deprecated
+        **recompute,
         **config_overrides(),
     )
 
@@ -175,22 +220,22 @@ def build_model(
     pp_size: int,
     wrap_ddp: bool = False,
     freeze: bool = False,
+    memory_cfg: MemoryConfig | None = None,
 ) -> list[torch.nn.Module]:
     """The model chunks of this pipeline stage: one, or VPP interleaved chunks.
 
     ``wrap_ddp``: wrap each chunk in megatron's DistributedDataParallel (contiguous grad
     buffers, as the distributed optimizer needs). ``freeze``: reference model; eval
-    mode, ``requires_grad=False``, forward only.
+    mode, ``requires_grad=False``, forward only. ``memory_cfg`` (None: defaults):
+    activation recomputation (`recompute_fields`) and the grad buffers
+    (`build_ddp_config`).
     """
-    from megatron.core.distributed import (
-        DistributedDataParallel,
-        DistributedDataParallelConfig,
-        finalize_model_grads,
-    )
+    from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
 
     if wrap_ddp and freeze:
         raise ValueError("a frozen (reference) model is never wrapped for training")
-    config = build_transformer_config(model_cfg, parallel_cfg, precision_cfg)
+    memory_cfg = memory_cfg or MemoryConfig()
+    config = build_transformer_config(model_cfg, parallel_cfg, precision_cfg, memory_cfg)
     vpp = parallel_cfg.virtual_pipeline_parallel
     num_chunks = vpp or 1
     chunks: list[torch.nn.Module] = []
@@ -207,11 +252,7 @@ def build_model(
             model.requires_grad_(False)
         chunks.append(model)
     if wrap_ddp:
-        ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True,
-            overlap_grad_reduce=False,
-            use_distributed_optimizer=parallel_cfg.use_distributed_optimizer,
-        )
+        ddp_config = build_ddp_config(parallel_cfg, memory_cfg)
         chunks = [
             # Megatron buckets only the first chunk; later VPP chunks reduce as one bucket.
             DistributedDataParallel(config, ddp_config, m, disable_bucketing=i > 0)
@@ -220,7 +261,33 @@ def build_model(
         # The schedules call this after the last backward: DP grad all-reduce (or
         # reduce-scatter), tied-embedding grads across pipeline stages, SP norm grads.
         config.finalize_model_grads_func = finalize_model_grads
+        if ddp_config.overlap_grad_reduce:
+            # A bucket's hook starts its reduction once all its grads are in; the
+            # schedules hold the hooks back (no_sync) for all but the last micro-batch.
+            no_sync = [m.no_sync for m in chunks]
+            config.no_sync_func = no_sync if len(no_sync) > 1 else no_sync[0]
     return chunks
+
+
+def build_ddp_config(parallel_cfg: ParallelConfig, memory_cfg: MemoryConfig):
+    """megatron's DistributedDataParallelConfig of the policy.
+
+    ``memory.grad_reduce_in_fp32``: the contiguous grad buffers (and their DP
+    all-reduce / reduce-scatter) in fp32, else in the parameter dtype (bf16: half the
+    gradient memory; on CPU parameters are fp32 and both are the same).
+    ``memory.overlap_grad_reduce``: each bucket (megatron's default size, max(4e7,
+    1e6 x DP) parameters) starts an asynchronous reduction from its backward hook as
+    soon as its last gradient of the last micro-batch is in; ``finalize_model_grads``
+    then only waits (the first step issues them there, after recording each bucket's
+    gradient count). Off: one synchronous reduction of the whole buffer, there.
+    """
+    from megatron.core.distributed import DistributedDataParallelConfig
+
+    return DistributedDataParallelConfig(
+        grad_reduce_in_fp32=memory_cfg.grad_reduce_in_fp32,
+        overlap_grad_reduce=memory_cfg.overlap_grad_reduce,
+        use_distributed_optimizer=parallel_cfg.use_distributed_optimizer,
+    )
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -129,7 +129,8 @@ def warmup(recipe: Recipe, cfg: ModelConfig, policy, tokenizer, groups: Parallel
                                pad_multiple)
         out, _ = optimizer_step(policy, optimizer, scheduler, batch, groups,
                                 loss_fn=sft_loss_fn(global_counts(batch.response_mask, groups)),
-                                micro_batch_size=micro, vocab_size=cfg.vocab_size)
+                                micro_batch_size=micro, vocab_size=cfg.vocab_size,
+                                logprob_chunk_tokens=recipe.memory.logprob_chunk_tokens)
         if out is not None:
             losses.append(reduce_metrics(out.metrics, groups, "warmup")["warmup/loss"])
     return {"warmup/first_loss": losses[0], "warmup/last_loss": losses[-1]} if losses else {}
@@ -146,7 +147,9 @@ def prepare_models(recipe: Recipe, run_dir: Path, groups: ParallelGroups) -> Mod
     else:
         cfg = replace(recipe.model, vocab_size=len(tokenizer))
     stage = dict(pp_rank=groups.pp_rank, pp_size=groups.pp_size)
-    policy = build_model(cfg, recipe.parallel, recipe.precision, wrap_ddp=True, **stage)
+    policy = build_model(cfg, recipe.parallel, recipe.precision, wrap_ddp=True,
+                         memory_cfg=recipe.memory, **stage)
+    # Forward-only (eval mode): nothing to recompute, no grad buffers.
     reference = build_model(cfg, recipe.parallel, recipe.precision, freeze=True, **stage)
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                "pad_token_id": tokenizer.pad_token_id}

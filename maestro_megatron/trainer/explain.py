@@ -50,7 +50,8 @@ def explain(run_dir: Path, pairs: list[dict]) -> tuple[list[str], torch.Tensor, 
                      + [tok.eos_token_id] for p in pairs]
         batch = pack_sequences(prompts, responses, tok.pad_token_id, cfg.seq_length)
         out = forward_logprobs(chunks, batch, groups, micro_batch_size=1,
-                               vocab_size=cfg.vocab_size)
+                               vocab_size=cfg.vocab_size,
+                               logprob_chunk_tokens=recipe.memory.logprob_chunk_tokens)
         conductor, components = load_conductor(run_dir / "conductor.pt")
         return components, conductor.weights(out.h), conductor.probs(out.h).detach()
     finally:

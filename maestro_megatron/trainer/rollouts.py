@@ -231,11 +231,12 @@ def engine_trainer_gap(batch: RolloutBatch, trainer_logprobs: torch.Tensor) -> t
     """
     gaps = []
     seq = trainer_logprobs.shape[1]
+    trainer_logprobs = trainer_logprobs.float().cpu()  # one copy to the host, not one a row
     for i, (prompt, lps) in enumerate(zip(batch.per_response(batch.prompt_ids),
                                           batch.rollout_logprobs)):
         count = max(0, min(len(lps), seq - len(prompt)))
         if count:
             engine = torch.tensor(lps[:count], dtype=torch.float32)
-            gaps.append((trainer_logprobs[i, len(prompt):len(prompt) + count].float().cpu()
+            gaps.append((trainer_logprobs[i, len(prompt):len(prompt) + count]
                          - engine).abs())
     return torch.cat(gaps) if gaps else torch.zeros(0)

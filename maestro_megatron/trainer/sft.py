@@ -88,7 +88,8 @@ def build_policy(recipe: Recipe, run_dir: Path, groups):
     else:
         cfg = replace(recipe.model, vocab_size=len(tokenizer))
     policy = build_model(cfg, recipe.parallel, recipe.precision, wrap_ddp=True,
-                         pp_rank=groups.pp_rank, pp_size=groups.pp_size)
+                         pp_rank=groups.pp_rank, pp_size=groups.pp_size,
+                         memory_cfg=recipe.memory)
     init_dir = Path(cfg.hf_path) if cfg.hf_path else run_dir / "hf_random_init"
     if not cfg.hf_path and groups.rank == 0 and not init_dir.exists():
         random_hf_init(cfg, init_dir, tok_dir, recipe.run.seed, special_tokens(tokenizer))
@@ -125,7 +126,8 @@ def sft_step(recipe: Recipe, rows, step: int, tokenizer, cfg, policy, optimizer,
     out, info = optimizer_step(policy, optimizer, scheduler, batch, groups,
                                loss_fn=sft_loss_fn(global_counts(batch.response_mask, groups)),
                                micro_batch_size=min(recipe.grpo.micro_batch_size, per_rank),
-                               vocab_size=cfg.vocab_size)
+                               vocab_size=cfg.vocab_size,
+                               logprob_chunk_tokens=recipe.memory.logprob_chunk_tokens)
     metrics = {"train/grad_norm": info["grad_norm"], "train/lr": info["lr"],
                "train/epoch": (step * size - 1) // len(rows)}
     if out is not None:

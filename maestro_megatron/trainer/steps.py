@@ -158,9 +158,10 @@ def metric_view(names, local: RolloutBatch, sc: Scalarized,
                  "response/truncated": float(sum(local.truncated))})
     if sc.skipped is not None:
         sums["reward/nonfinite_skipped"] = float(sc.skipped.sum())
-    if answers is not None:
-        sums["reward/ppl_reference_trimmed"] = float(answers.trimmed.sum())
-        sums["reward/ppl_skipped"] = float(answers.skipped.sum())
+    if answers is not None:  # the view's [B] flags, on the model's device: one read
+        trimmed, skipped = torch.stack([answers.trimmed.sum(), answers.skipped.sum()]).tolist()
+        sums["reward/ppl_reference_trimmed"] = float(trimmed)
+        sums["reward/ppl_skipped"] = float(skipped)
     if trainer_logprobs is not None:
         gap = engine_trainer_gap(local, trainer_logprobs)
         sums["rollout/logprob_gap_max"] = gap.max().item() if gap.numel() else 0.0
