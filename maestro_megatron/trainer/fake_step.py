@@ -114,7 +114,6 @@ def _host_groups_are_fake() -> None:
 def run_fake_step(recipe, *, role: str, nodes: int, gpus_per_node: int,
                   gpu_memory_gb: float) -> dict:
     """One `learn_step` of `recipe` as `role`'s rank; -> a report (bytes per stage)."""
-    import torch
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
