@@ -178,6 +178,10 @@ class DeviceCheck(TorchDispatchMode):
         kwargs = kwargs or {}
         if self._trusted:
             return func(*args, **kwargs)
+        if _is_cuda(kwargs.get("device")):
+            # A factory the function mode did not see: inside backward (activation
+            # recomputation re-runs layer forwards there, with that mode off).
+            kwargs = {**kwargs, "device": META}
         name = func.__name__.split(".")[0]
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         devices = {t.device.type for t in tensors}
@@ -209,7 +213,10 @@ class DeviceCheck(TorchDispatchMode):
                 if dst is not None:
                     return dst.zero_()
                 src = args[0]
-                return torch.zeros(src.shape, dtype=kwargs.get("dtype") or src.dtype)
+                dtype = kwargs.get("dtype") or src.dtype
+                if src.numel() > 2**20:  # a weight's host copy: zeros without the memory
+                    return torch.zeros((), dtype=dtype).expand(src.shape)
+                return torch.zeros(src.shape, dtype=dtype)
         if func.namespace == "c10d" and "meta" in devices:
             return _meta_collective(func, args, kwargs)
         out = func(*args, **kwargs)
@@ -268,6 +275,7 @@ def enable_fake_gpu(num_gpus: int = 8, memory_bytes: int = 80 * 10**9) -> Device
     check = DeviceCheck()
     cuda = torch.cuda
     cuda.is_available = lambda: True
+    cuda._lazy_init = lambda: None  # a "cuda" factory reaches DeviceCheck, which makes it meta
     cuda.device_count = lambda: num_gpus
     cuda.current_device = lambda: 0
     cuda.set_device = lambda device: None

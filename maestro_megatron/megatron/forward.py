@@ -182,6 +182,10 @@ def run_forward_backward(
     if batch.batch_size % micro_batch_size:
         raise ValueError(f"batch size {batch.batch_size} is not a multiple of "
                          f"micro_batch_size={micro_batch_size}")
+    model_device = next(unwrap_model(model_chunks[0]).parameters()).device
+    if batch.tokens.device != model_device:
+        raise ValueError(f"batch on {batch.tokens.device}, model on {model_device}: a step "
+                         "moves its batch once to the model's device (SequenceBatch.to)")
     num_microbatches = batch.batch_size // micro_batch_size
     micro_batches = [batch.slice(i * micro_batch_size, (i + 1) * micro_batch_size)
                      for i in range(num_microbatches)]

@@ -250,7 +250,7 @@ def build_model(
         if freeze:
             model.eval()
             model.requires_grad_(False)
-        chunks.append(model)
+        chunks.append(_to_accelerator(model, config.params_dtype))
     if wrap_ddp:
         ddp_config = build_ddp_config(parallel_cfg, memory_cfg)
         chunks = [
@@ -288,6 +288,20 @@ def build_ddp_config(parallel_cfg: ParallelConfig, memory_cfg: MemoryConfig):
         overlap_grad_reduce=memory_cfg.overlap_grad_reduce,
         use_distributed_optimizer=parallel_cfg.use_distributed_optimizer,
     )
+
+
+def _to_accelerator(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Every parameter and buffer on this rank's GPU in the parameter dtype.
+
+    megatron-core creates its own layers on ``current_device()`` in ``params_dtype``, but
+    the local spec's torch norms (RMSNorm without apex) are created on the host in fp32;
+    Megatron-LM moves the model (``.cuda()``) and casts it (``Float16Module``) after
+    building it. On CPU ``.cuda()`` is a no-op (cpu_compat) and runs are fp32.
+    """
+    model.cuda(torch.cuda.current_device())
+    if dtype != torch.float32:
+        model.to(dtype)
+    return model
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -33,12 +33,15 @@ class GlobalCounts:
 
 
 def global_counts(response_mask: torch.Tensor, groups: ParallelGroups) -> GlobalCounts:
-    """response_mask: [B, S] of this DP rank -> counts over the whole global batch."""
-    local = torch.tensor([float(response_mask.sum()), float((response_mask.sum(1) > 0).sum())],
-                         dtype=torch.float64)
+    """response_mask: [B, S] of this DP rank -> counts over the whole global batch.
+
+    Counted where the mask lives (the model's device: NCCL reduces CUDA tensors); one
+    host read of the two sums, since the loss needs them as numbers."""
+    local = torch.stack([response_mask.sum(), (response_mask.sum(1) > 0).sum()]).double()
     if groups.dp_size > 1:
         dist.all_reduce(local, op=dist.ReduceOp.SUM, group=groups.dp)
-    return GlobalCounts(float(local[0]), float(local[1]), int(response_mask.shape[1]))
+    num_tokens, num_seqs = local.tolist()
+    return GlobalCounts(num_tokens, num_seqs, int(response_mask.shape[1]))
 
 
 def grpo_loss_fn(grpo: GRPOConfig, counts: GlobalCounts):
@@ -77,9 +80,12 @@ def reduce_metrics(per_micro: list[dict], groups: ParallelGroups, prefix: str
     """Sum micro-batch metric sums over DP; "loss" stays a sum (each part is a share of
     the global loss), the others are divided by the global "num_tokens"."""
     keys = sorted(per_micro[0]) if per_micro else []
-    sums = torch.tensor([sum(float(m[k]) for m in per_micro) for k in keys],
-                        dtype=torch.float64)
-    if groups.dp_size > 1 and keys:
+    if not keys:
+        return {f"{prefix}/loss": 0.0}
+    # Summed where the metrics live (the model's device), reduced there, read once.
+    sums = torch.stack([sum(torch.as_tensor(m[k]).double() for m in per_micro)
+                        for k in keys])
+    if groups.dp_size > 1:
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=groups.dp)
     total = dict(zip(keys, sums.tolist()))
     num_tokens = max(total.pop("num_tokens", 0.0), 1.0)

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from maestro_megatron.config.schema import GRPOConfig, ModelConfig, Recipe
 from maestro_megatron.data.packing import sequence_pad_multiple
 from maestro_megatron.megatron.model import build_model, unwrap_model
+from maestro_megatron.megatron.offload import offload
 from maestro_megatron.megatron.parallel import ParallelGroups
 from maestro_megatron.megatron.train_step import (
     build_optimizer,
@@ -172,4 +173,6 @@ def prepare_models(recipe: Recipe, run_dir: Path, groups: ParallelGroups) -> Mod
                   f"{metrics['warmup/first_loss']:.3f} -> {metrics['warmup/last_loss']:.3f} "
                   f"({time.perf_counter() - start:.1f} s)", flush=True)
     _copy_weights(policy, reference)
+    if recipe.memory.offload_reference:  # host-resident; on the GPU only for its forwards
+        offload(reference)
     return Models(cfg, policy, reference, tokenizer, Path(tok_dir), engine_dir)

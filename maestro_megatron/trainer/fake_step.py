@@ -141,6 +141,7 @@ def run_fake_step(recipe, *, role: str, nodes: int, gpus_per_node: int,
         sum_over_group,
     )
     from maestro_megatron.megatron.model import build_model
+    from maestro_megatron.megatron.offload import offload
     from maestro_megatron.megatron.optimizer import build_optimizer
     from maestro_megatron.megatron.parallel import init_distributed
     from maestro_megatron.rewards import NEEDS_SCORER, reward_needs
@@ -158,9 +159,12 @@ def run_fake_step(recipe, *, role: str, nodes: int, gpus_per_node: int,
     stage = dict(pp_rank=groups.pp_rank, pp_size=groups.pp_size)
     start = time.perf_counter()
     with check.phase("build/policy"):
-        policy = build_model(cfg, p, recipe.precision, wrap_ddp=True, **stage)
+        policy = build_model(cfg, p, recipe.precision, wrap_ddp=True,
+                             memory_cfg=recipe.memory, **stage)
     with check.phase("build/reference"):
         reference = build_model(cfg, p, recipe.precision, freeze=True, **stage)
+        if recipe.memory.offload_reference:  # as trainer/bootstrap.py does
+            offload(reference)
     with check.phase("build/optimizer"):
         optimizer, scheduler = build_optimizer(g, p, recipe.precision, policy,
                                                recipe.run.num_steps)
@@ -174,15 +178,18 @@ def run_fake_step(recipe, *, role: str, nodes: int, gpus_per_node: int,
     scorer = None
     pref = recipe.rewards.pref
     if groups.is_last_stage and NEEDS_SCORER in reward_needs(recipe.rewards.components):
+        from maestro_megatron.megatron.scorer_placement import place_scorer
         from maestro_megatron.scorers import build_scorer
 
         if pref.model_path is not None and not Path(pref.model_path).exists():
             pref = replace(pref, scorer="embedding_similarity", model_path=None)
-        scorer = build_scorer(pref, device="cpu")
+        scorer = place_scorer(pref, recipe.memory, groups,
+                              lambda: build_scorer(pref, device="cpu"))
     state = RunState(recipe, groups, tmp, models, optimizer, scheduler, scalarizer, sync,
                      None, {"fake": 0}, 0, scorer, None, None, per_rank)
     local = synthetic_rollouts(recipe, tokenizer, per_rank, seed=rank)
     built = check.live
+    check.host_reads.clear()  # the step's own reads (not the start-up's host copies)
     metrics: dict = {}
     with _phases(Timer(1), check) as timer:
         learn_step(state, 1, local, timer, metrics)
@@ -236,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="this rank's prompts (default: the recipe's batch); with "
                         "it, one mini-batch: an optimizer step's memory does not depend "
                         "on how many there are")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     overrides = [*args.overrides, *LOCAL_SPEC]
     if args.prompts_per_rank is not None:
         base = load_recipe(args.recipe, overrides).parallel

@@ -154,9 +154,11 @@ def setup_run(recipe: Recipe) -> RunState:
         stream.load_state_dict(state["extra"]["data"])
     scorer = None
     if groups.is_last_stage and NEEDS_SCORER in reward_needs(recipe.rewards.components):
+        from maestro_megatron.megatron.scorer_placement import place_scorer
         from maestro_megatron.scorers import build_scorer
 
-        scorer = build_scorer(recipe.rewards.pref)
+        scorer = place_scorer(recipe.rewards.pref, recipe.memory, groups,
+                              lambda: build_scorer(recipe.rewards.pref))
     steps_left = start_step < run.num_steps
     engine = build_engine(recipe, models) if hosts_engine(recipe, groups) and steps_left \
         else None

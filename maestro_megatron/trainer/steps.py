@@ -17,6 +17,7 @@ import torch.distributed as dist
 from maestro_megatron.config.schema import Recipe
 from maestro_megatron.data.packing import SequenceBatch, sequence_pad_multiple
 from maestro_megatron.megatron.forward import ForwardOutput, forward_logprobs
+from maestro_megatron.megatron.offload import resident
 from maestro_megatron.megatron.parallel import ParallelGroups
 from maestro_megatron.rewards import (
     NEEDS_POLICY,
@@ -88,7 +89,8 @@ def forward_step(models, local: RolloutBatch, recipe: Recipe, groups: ParallelGr
     (KL), and the r_ppl proxy forward; times: see `timed` (forward/policy,
     forward/reference, forward/proxy)."""
     seq_len, vocab = models.cfg.seq_length, models.cfg.vocab_size
-    kw = dict(micro_batch_size=recipe.grpo.micro_batch_size, vocab_size=vocab)
+    kw = dict(micro_batch_size=recipe.grpo.micro_batch_size, vocab_size=vocab,
+              logprob_chunk_tokens=recipe.memory.logprob_chunk_tokens)
     # The one place a step's batch moves to the model's device: the rollout's token
     # ids are host lists; every later tensor of the step is made where these live.
     device = next(models.policy[0].parameters()).device
@@ -98,17 +100,18 @@ def forward_step(models, local: RolloutBatch, recipe: Recipe, groups: ParallelGr
     if policy:
         with timed(times, "forward/policy"):
             policy_out = forward_logprobs(models.policy, sequences, groups, **kw)
-    with timed(times, "forward/reference"):
-        reference = forward_logprobs(models.reference, sequences, groups, **kw)
     proxy = answers = None
-    if NEEDS_PROXY in reward_needs(recipe.rewards.components):
-        with timed(times, "forward/proxy"):
-            answers = answer_sequences(local, models.tokenizer, pad_id, seq_len,
-                                       recipe.rewards.ppl.answer_pattern,
-                                       pad_multiple=pad_multiple).to(device)
-            proxy_model = (models.policy if recipe.rewards.ppl.proxy == "policy"
-                           else models.reference)
-            proxy = forward_logprobs(proxy_model, answers.sequences, groups, **kw)
+    with resident(models.reference, device):  # memory.offload_reference: swapped in here
+        with timed(times, "forward/reference"):
+            reference = forward_logprobs(models.reference, sequences, groups, **kw)
+        if NEEDS_PROXY in reward_needs(recipe.rewards.components):
+            with timed(times, "forward/proxy"):
+                answers = answer_sequences(local, models.tokenizer, pad_id, seq_len,
+                                           recipe.rewards.ppl.answer_pattern,
+                                           pad_multiple=pad_multiple).to(device)
+                proxy_model = (models.policy if recipe.rewards.ppl.proxy == "policy"
+                               else models.reference)
+                proxy = forward_logprobs(proxy_model, answers.sequences, groups, **kw)
     return Forwards(sequences, policy_out, reference, proxy, answers)
 
 
