@@ -58,13 +58,51 @@ def _cmd_train(args) -> int:
 
     check_run_inputs(recipe)  # paths, data, models: before any expensive work
     quiet = configure_quiet(recipe.run.verbose)  # before megatron and vLLM are imported
+    from maestro_megatron.plan.build import train_gate
+
+    verdict = train_gate(recipe)  # UserError before any model when it cannot fit (GPU)
     if os.environ.get("RANK", "0") == "0":
         print(f"maestro train: {args.recipe}, {recipe.run.num_steps} steps -> "
               f"{recipe.run.output_dir}" + (" (run.verbose=true shows all library output)"
                                             if quiet else ""), flush=True)
+        if verdict is not None:
+            print(verdict, flush=True)
     from maestro_megatron.trainer.loop import train
 
     train(recipe)  # the logging rank prints the summary
+    return 0
+
+
+def _plan_flags(parser: argparse.ArgumentParser, given: argparse.Namespace | None = None):
+    """`maestro plan`'s flags (defaults: the values already parsed in `given`)."""
+    value = vars(given) if given is not None else {}
+    parser.add_argument("--nodes", type=int, default=value.get("nodes", 1))
+    parser.add_argument("--gpus-per-node", type=int, default=value.get("gpus_per_node", 8))
+    parser.add_argument("--gpu-memory", type=float, default=value.get("gpu_memory", 80.0),
+                        metavar="GB", help="memory per GPU in GB (10^9 bytes; default 80)")
+    parser.add_argument("--json", action="store_true", default=value.get("json", False),
+                        help="print the plan as JSON (bytes per item, phase and GPU role)")
+
+
+def _cmd_plan(args) -> int:
+    import json
+
+    from maestro_megatron.plan import format_plan, plan_recipe, plan_to_dict
+    from maestro_megatron.plan.report import failure_message
+
+    rest = argparse.ArgumentParser(prog="maestro plan RECIPE", add_help=False)
+    _plan_flags(rest, args)  # flags may also follow the recipe, among the overrides
+    rest.add_argument("overrides", nargs="*")
+    args = argparse.Namespace(**{**vars(args), **vars(rest.parse_intermixed_args(args.overrides))})
+    recipe = _load_recipe(args)
+    if min(args.nodes, args.gpus_per_node) < 1:
+        raise UserError(f"--nodes and --gpus-per-node must be >= 1, got {args.nodes} and "
+                        f"{args.gpus_per_node}")
+    plan = plan_recipe(recipe, args.nodes, args.gpus_per_node, args.gpu_memory)
+    print(json.dumps(plan_to_dict(plan), indent=1) if args.json
+          else format_plan(plan, args.recipe), flush=True)
+    if not plan.fits:
+        raise UserError(f"{args.recipe}: {failure_message(plan)}")
     return 0
 
 
@@ -116,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print only this dotted key's resolved value (e.g. run.output_dir)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.set_defaults(func=_cmd_check_recipe)
+    p = sub.add_parser("plan", help="GPU memory per phase of a recipe, and whether it fits")
+    p.add_argument("recipe")
+    _plan_flags(p)
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="key.sub=value overrides")
+    p.set_defaults(func=_cmd_plan)
     return parser
 
 
