@@ -4,7 +4,8 @@
 --gpus-per-node 8 --gpu-memory 80] [--json FILE] [key.sub=value ...]` builds the policy,
 the frozen reference and megatron's (distributed) optimizer with the project's own model
 code, feeds `loop.learn_step` (forwards, rewards, scalarizer, advantages, the GRPO update,
-the scalarizer's hooks: what `maestro train` runs between rollout and refit) one step of
+the scalarizer's hooks: what `maestro train` runs between rollout and refit) two steps
+(the report is the second's: the first update allocates Adam's moments) of
 synthetic rollouts of the recipe's batch with every sequence at its longest
 (prompt + max_new_tokens = model.seq_length), and reports the live GPU bytes per stage.
 
@@ -112,8 +113,9 @@ def _host_groups_are_fake() -> None:
 
 
 def run_fake_step(recipe, *, role: str, nodes: int, gpus_per_node: int,
-                  gpu_memory_gb: float) -> dict:
-    """One `learn_step` of `recipe` as `role`'s rank; -> a report (bytes per stage)."""
+                  gpu_memory_gb: float, num_steps: int = 2) -> dict:
+    """`num_steps` learn_steps of `recipe` as `role`'s rank; -> a report of the last
+    one (bytes per stage, host reads)."""
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
@@ -189,10 +191,10 @@ def run_fake_step(recipe, *, role: str, nodes: int, gpus_per_node: int,
                      None, {"fake": 0}, 0, scorer, None, None, per_rank)
     local = synthetic_rollouts(recipe, tokenizer, per_rank, seed=rank)
     built = check.live
-    check.host_reads.clear()  # the step's own reads (not the start-up's host copies)
-    metrics: dict = {}
-    with _phases(Timer(1), check) as timer:
-        learn_step(state, 1, local, timer, metrics)
+    for step in range(1, num_steps + 1):  # the report is the last step's (steady state:
+        check.host_reads.clear()          # Adam's moments exist from the first update on)
+        with _phases(Timer(step), check) as timer:
+            learn_step(state, step, local, timer, {})
     params = sum(t.numel() for chunk in policy for t in chunk.parameters())
     return {
         "recipe_overrides": LOCAL_SPEC, "role": role, "rank": rank, "world_size": world,
@@ -204,7 +206,7 @@ def run_fake_step(recipe, *, role: str, nodes: int, gpus_per_node: int,
         "peak": max(v.peak for v in check.phases.values()),
         "host_reads": dict(check.host_reads), "micro_batch_size": g.micro_batch_size,
         "rows_per_rank": per_rank * g.group_size, "seq_length": cfg.seq_length,
-        "wall_s": time.perf_counter() - start,
+        "wall_s": time.perf_counter() - start, "num_steps": num_steps,
     }
 
 
@@ -239,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-node", type=int, default=8)
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GB per GPU")
     parser.add_argument("--json", default=None, help="write the report here")
+    parser.add_argument("--steps", type=int, default=2,
+                        help="learn steps; the report is the last one's (default 2: the "
+                        "first update allocates Adam's moments)")
     parser.add_argument("--prompts-per-rank", type=int, default=None,
                         help="this rank's prompts (default: the recipe's batch); with "
                         "it, one mini-batch: an optimizer step's memory does not depend "
@@ -253,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                       "grpo.num_minibatches=1"]
     recipe = load_recipe(args.recipe, overrides)
     report = run_fake_step(recipe, role=args.role, nodes=args.nodes,
-                           gpus_per_node=args.gpus_per_node, gpu_memory_gb=args.gpu_memory)
+                           gpus_per_node=args.gpus_per_node, gpu_memory_gb=args.gpu_memory,
+                           num_steps=args.steps)
     print(format_report(report), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
