@@ -375,11 +375,17 @@ class RolloutConfig:
     refit_bucket_mb: int = 512
     """Size bound of one refit bucket (MiB)."""
     tensor_parallel: int = 1
-    """Engine tensor parallelism (GPU)."""
+    """Engine tensor parallelism: GPUs per engine, all on one node (GPU)."""
     placement: str = "leader"
     """leader: one engine on global rank 0 generates every group (one machine) |
     replica: one engine per data-parallel replica, on the replica's first rank, each
-    generating and refitting only its own groups (multi-node)."""
+    generating and refitting only its own groups (multi-node). An engine wider than a
+    replica's GPUs on a node serves the consecutive replicas it covers
+    (maestro_megatron/plan/placement.py)."""
+    engines_per_replica: int = 1
+    """placement replica: engines that split one replica's groups, each on its own
+    rollout.tensor_parallel GPUs, spread over the replica's nodes first (Llama-70B at
+    DP 1: one per node, each generating a quarter of the batch)."""
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,12 @@ def validate_recipe(recipe: Recipe) -> None:
 
     _one_of(recipe.rollout.engine, set(ENGINES), "rollout.engine")
     _one_of(recipe.rollout.placement, {"leader", "replica"}, "rollout.placement")
+    _check(recipe.rollout.tensor_parallel >= 1, "rollout.tensor_parallel",
+           f"must be >= 1, got {recipe.rollout.tensor_parallel}")
+    _check(recipe.rollout.engines_per_replica >= 1, "rollout.engines_per_replica",
+           f"must be >= 1, got {recipe.rollout.engines_per_replica}")
+    _check(recipe.rollout.engines_per_replica == 1 or recipe.rollout.placement == "replica",
+           "rollout.engines_per_replica", "more than one engine needs rollout.placement=replica")
     from maestro_megatron.algorithms import ADVANTAGE_ESTIMATORS
 
     _one_of(g.advantage_estimator, set(ADVANTAGE_ESTIMATORS), "grpo.advantage_estimator")

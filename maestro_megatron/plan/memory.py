@@ -65,7 +65,7 @@ from maestro_megatron.plan.params import (
     padded_vocab_size,
     stage_parameters,
 )
-from maestro_megatron.plan.roles import GpuRole, Layout, gpu_roles
+from maestro_megatron.plan.roles import GpuRole, Layout, gpu_roles, num_engines
 
 GB = 10**9
 """Every number here is in decimal GB (an "80 GB" H100 reports 85.0e9 bytes, so
@@ -367,7 +367,6 @@ def plan_memory(recipe: Recipe, layout: Layout, gpu_memory: int, *, transformer_
             if engine is None or candidate.startup_free < engine.startup_free:
                 engine = candidate
     if engine is not None:
-        num = layout.dp if recipe.rollout.placement == "replica" else 1
-        engine = replace(engine, num_engines=num)
+        engine = replace(engine, num_engines=num_engines(recipe, layout))
     return Plan(gpu_memory, layout, transformer_impl, model_parameters(recipe.model),
                 stage_params, out, engine, reward_model, assume)

@@ -2,10 +2,11 @@
 
 Global ranks follow megatron-core's default order tp-cp-dp-pp (TP fastest):
 rank = tp + TP (cp + CP (dp + DP pp)); rank r sits on node r // gpus_per_node, local
-GPU r % gpus_per_node. Rollout engines (maestro_megatron/trainer/setup.py
-`hosts_engine`): placement `leader` starts one engine on global rank 0, `replica` one
-per data-parallel replica on its first rank (tp = cp = pp = 0); each spans
-rollout.tensor_parallel consecutive GPUs of that rank's node. The reward model lives on
+GPU r % gpus_per_node. Rollout engines: `maestro_megatron.plan.placement` (what the
+trainer starts): placement `leader`, one engine on GPUs 0 .. rollout.tensor_parallel - 1
+of node 0; `replica`, rollout.engines_per_replica engines per data-parallel replica (or
+per group of replicas one engine is wider than), each on rollout.tensor_parallel of the
+replica's GPUs of one node, spread over its nodes first. The reward model lives on
 last-stage ranks: every one (placement rank) or TP rank 0 only (tp_leader).
 GPUs with the same (pipeline rank, engine shards, reward model) hold the same bytes:
 a `GpuRole`.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 from maestro_megatron.config.schema import Recipe
 from maestro_megatron.errors import UserError
+from maestro_megatron.plan.placement import placement_for
 
 
 @dataclass(frozen=True)
@@ -70,20 +72,14 @@ def engine_shards(recipe: Recipe, layout: Layout) -> Counter:
     """Global rank -> rollout-engine shards on its GPU (empty for run.algorithm sft)."""
     if recipe.run.algorithm == "sft":
         return Counter()
-    engine_tp, gpn = recipe.rollout.tensor_parallel, layout.gpus_per_node
-    if recipe.rollout.placement == "replica":
-        starts = [d * layout.tp * layout.cp for d in range(layout.dp)]
-    else:
-        starts = [0]
-    shards: Counter = Counter()
-    for start in starts:
-        node, local = divmod(start, gpn)
-        if local + engine_tp > gpn:
-            raise UserError(f"rollout.tensor_parallel: an engine of {engine_tp} GPUs starting "
-                            f"on GPU {local} of a {gpn}-GPU node does not fit in the node")
-        for i in range(engine_tp):
-            shards[node * gpn + local + i] += 1
-    return shards
+    return placement_for(recipe, layout.world, layout.gpus_per_node).shards()
+
+
+def num_engines(recipe: Recipe, layout: Layout) -> int:
+    """How many rollout engines the run starts (0 for run.algorithm sft)."""
+    if recipe.run.algorithm == "sft":
+        return 0
+    return len(placement_for(recipe, layout.world, layout.gpus_per_node).engines)
 
 
 def holds_reward_model(recipe: Recipe, layout: Layout, rank: int, has_scorer: bool) -> bool:

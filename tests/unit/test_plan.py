@@ -40,7 +40,7 @@ from maestro_megatron.plan.params import (
     padded_vocab_size,
     stage_parameters,
 )
-from maestro_megatron.plan.roles import engine_shards, make_layout
+from maestro_megatron.plan.roles import engine_shards, make_layout, num_engines
 
 ROOT = Path(__file__).resolve().parents[2]
 R8 = str(ROOT / "recipes" / "qwen3_8b_maestro.yaml")
@@ -245,8 +245,12 @@ def test_engine_placement_and_reward_model_roles():
     assert engine_shards(recipe, layout) == {r: 1 for r in range(8)}  # 4 engines x TP 2
     leader = _replace(recipe, "rollout", placement="leader")
     assert engine_shards(leader, layout) == {0: 1, 1: 1}
-    with pytest.raises(UserError, match="rollout.tensor_parallel"):
-        engine_shards(_replace(recipe, "rollout", tensor_parallel=4), layout)
+    wide = _replace(recipe, "rollout", tensor_parallel=4)  # one engine per two replicas
+    assert engine_shards(wide, layout) == {r: 1 for r in range(8)}
+    assert num_engines(wide, layout) == 2 and num_engines(recipe, layout) == 4
+    for width in (3, 16):  # not whole replicas' GPUs; wider than a node
+        with pytest.raises(UserError, match="rollout.tensor_parallel"):
+            engine_shards(_replace(recipe, "rollout", tensor_parallel=width), layout)
     plan = plan_recipe(load_recipe(R8, ["rewards.pref.placement=tp_leader",
                                         "memory.offload_reward_model=false"]))
     rows = {r.role.reward_model: r for r in plan.phases["train"]}
@@ -285,11 +289,11 @@ def test_the_8b_recipes_fit_one_node(name):
 def test_the_70b_recipe_fits_four_nodes():
     plan = plan_recipe(load_recipe(R70), nodes=4, gpus_per_node=8, gpu_memory_gb=80)
     assert plan.fits and plan.layout.dp == 1
-    assert plan.engine.num_engines == 1 and plan.engine.tensor_parallel == 8
+    assert plan.engine.num_engines == 4 and plan.engine.tensor_parallel == 8  # one a node
     assert plan.engine.startup_ok and plan.engine.max_length_sequences >= 32
-    first = [r for r in plan.phases["rollout"] if r.role.pp_rank == 0]
-    assert [r.role.engines for r in first] == [1] and first[0].num_gpus == 8  # node 0
-    assert plan.peak[0] == "rollout" and plan.peak[1].role.pp_rank == 0
+    rollout = plan.phases["rollout"]
+    assert {r.role.engines for r in rollout} == {1} and sum(r.num_gpus for r in rollout) == 32
+    assert plan.peak[0] == "rollout"
 
 
 def test_train_gate_decides_from_world_and_gpu_memory():
