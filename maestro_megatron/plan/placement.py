@@ -212,6 +212,16 @@ def placement_for(recipe, world: int, gpus_per_node: int | None) -> Placement:
                          num_prompts=recipe.grpo.num_prompts_per_step)
 
 
+def launcher_local_rank(env: dict[str, str], rank: int) -> int:
+    """This rank's index on its node: torchrun's LOCAL_RANK, else srun's SLURM_LOCALID,
+    else `rank` (one process)."""
+    if "RANK" in env and "LOCAL_RANK" in env:
+        return int(env["LOCAL_RANK"])
+    if "SLURM_LOCALID" in env:
+        return int(env["SLURM_LOCALID"])
+    return rank
+
+
 def check_rank_order(rank: int, local_rank: int, gpus_per_node: int) -> None:
     """UserError unless `rank` is local rank rank % gpus_per_node of its node (what the
     placement's GPU indices assume)."""

@@ -130,13 +130,15 @@ def refit_policy(engine: RolloutEngine | None, model_chunks, cfg, groups,
 
     model_chunks: the policy's (DDP-wrapped) chunks; cfg: ModelConfig; groups:
     ParallelGroups; all_replicas: every data-parallel replica refits its own engine
-    (rollout.placement: replica). Returns the refit metrics ({} without an engine).
+    (rollout.placement: replica). Every rank driving an engine receives the tensors
+    (several engines may serve one replica). Returns the refit metrics ({} without an
+    engine).
     """
     from maestro_megatron.weights.gather import iter_hf_weights
     from maestro_megatron.weights.registry import get_mapping
 
     weights = iter_hf_weights(model_chunks, get_mapping(cfg.architecture), cfg, groups,
-                              all_replicas)
+                              all_replicas, leader=engine is not None)
     try:
         if engine is None:
             return {}

@@ -8,6 +8,7 @@ imported only inside methods, so `maestro_megatron` imports without it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
@@ -86,6 +87,23 @@ def _engine_process_env(env: dict[str, str]):
             os.environ.pop(k, None)
 
 
+def pinned_device_ids(device_ids: Sequence[int], tensor_parallel_size: int) -> list[int]:
+    """vLLM's `device_ids` for an engine on the given GPUs (indices among this process's
+    visible GPUs, one per tensor-parallel worker; vLLM maps them through
+    CUDA_VISIBLE_DEVICES and puts worker i on the i-th). Only this engine's own
+    processes are placed: nothing in this process's environment changes."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    ids = [int(i) for i in device_ids]
+    if len(ids) != tensor_parallel_size or len(set(ids)) != len(ids):
+        raise ValueError(f"device_ids {ids}: need {tensor_parallel_size} distinct GPUs "
+                         f"(tensor_parallel_size)")
+    if "device_ids" not in {f.name for f in dataclasses.fields(EngineArgs)}:
+        raise EngineFeatureUnsupported("this vLLM cannot place an engine on given GPUs "
+                                       "(EngineArgs.device_ids: vLLM 0.32 or later)")
+    return ids
+
+
 def _shared_buffer() -> SharedBucketBuffer | None:
     """A refit buffer shared with the engine's processes; None where the platform has none
     (no `os.memfd_create`: not Linux) or it cannot be made (with a warning)."""
@@ -135,6 +153,8 @@ class VLLMEngine(RolloutEngine):
             and up in every engine process, minus known-harmless messages
             (`maestro_megatron.rollout.vllm_logging`), no weight-loading progress bar. A
             VLLM_LOGGING_LEVEL or VLLM_LOGGING_CONFIG_PATH in the environment wins.
+        device_ids: GPU only: the engine's GPUs, indices among this process's visible GPUs
+            (`maestro_megatron.plan.placement`); None: vLLM's default (the first ones).
         engine_kwargs: more `vllm.LLM` keyword arguments (override the above).
     """
 
@@ -143,6 +163,7 @@ class VLLMEngine(RolloutEngine):
                  gpu_memory_utilization: float = 0.5, enable_sleep_mode: bool = False,
                  kv_cache_bytes: int | None = None, enforce_eager: bool | None = None,
                  logprobs_mode: str = "processed_logprobs", verbose: bool = False,
+                 device_ids: Sequence[int] | None = None,
                  engine_kwargs: dict[str, Any] | None = None) -> None:
         verbose = is_verbose(verbose)
         if not verbose:
@@ -169,12 +190,16 @@ class VLLMEngine(RolloutEngine):
             logprobs_mode=logprobs_mode, worker_extension_cls=WORKER_EXTENSION,
         )
         if self.is_cpu:
+            if device_ids is not None:
+                raise EngineFeatureUnsupported("device_ids: a CPU engine runs on the host")
             kwargs["kv_cache_memory_bytes"] = kv_cache_bytes or CPU_KV_CACHE_BYTES
         else:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization,
                           enable_sleep_mode=enable_sleep_mode)
             if kv_cache_bytes is not None:
                 kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
+            if device_ids is not None:
+                kwargs["device_ids"] = pinned_device_ids(device_ids, tensor_parallel_size)
         if not verbose:
             kwargs["use_tqdm_on_load"] = False
         kwargs.update(engine_kwargs or {})

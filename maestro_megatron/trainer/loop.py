@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from maestro_megatron.config import Recipe
 from maestro_megatron.data.packing import SequenceBatch, minibatch_rows
@@ -21,9 +20,10 @@ from maestro_megatron.megatron.train_step import grpo_train_step
 from maestro_megatron.rollout import SamplingConfig, refit_policy
 from maestro_megatron.scalarizers import sequence_kl, step_uniforms
 from maestro_megatron.trainer.checkpoint import save_step
+from maestro_megatron.trainer.engine_share import share_rollouts
 from maestro_megatron.trainer.faults import enter_step, fault_point
 from maestro_megatron.trainer.finish import finish_run
-from maestro_megatron.trainer.rollouts import broadcast_rollouts, collect_rollouts
+from maestro_megatron.trainer.rollouts import collect_rollouts
 from maestro_megatron.trainer.setup import RunState, setup_run
 from maestro_megatron.trainer.signals import (
     StopRequest,
@@ -187,28 +187,23 @@ def metrics_step(state: RunState, local, sc, fwd, metrics: dict):
 
 
 def rollout_step(state: RunState, step: int):
-    """G responses per prompt -> this DP rank's groups. Placement leader: rank 0's engine
-    samples the whole batch, broadcast to the world; replica: each replica's engine
-    samples its own groups, broadcast within the replica only. Per-request seeds come
-    from (run seed, step, global prompt index): the same responses either way."""
+    """G responses per prompt -> this DP rank's groups. Each engine samples its share of
+    its unit's prompts (maestro_megatron/plan/placement.py; leader: rank 0's engine, the
+    whole batch; replica: the replica's engines, its own groups); the shares are
+    broadcast within the unit only (trainer/engine_share.py). Per-request seeds come
+    from (run seed, step, global prompt index): the same responses however it is split."""
     recipe, groups, per_rank = state.recipe, state.groups, state.prompts_per_rank
     prompts = state.stream.next_batch()
-    first = groups.dp_rank * per_rank
-    replica = recipe.rollout.placement == "replica"
-    if replica:
-        prompts = prompts[first:first + per_rank]
-    batch = None
+    share, batch = state.share, None
     if state.engine is not None:
+        first, count = share.slot.first_prompt, share.slot.num_prompts
         sampling = SamplingConfig.from_rollout(recipe.rollout, seed=recipe.run.seed + step)
         fault_point("engine")
-        batch = collect_rollouts(state.engine, prompts, state.models.tokenizer, sampling,
-                                 recipe.grpo.group_size, recipe.data,
-                                 first_index=first if replica else 0)
+        batch = collect_rollouts(state.engine, prompts[first:first + count],
+                                 state.models.tokenizer, sampling, recipe.grpo.group_size,
+                                 recipe.data, first_index=first)
         fault_point("rollout")
-    if replica:
-        return broadcast_rollouts(batch, src=dist.get_global_rank(groups.mp, 0),
-                                  group=groups.mp)
-    return broadcast_rollouts(batch).groups_slice(first, per_rank)
+    return share_rollouts(batch, share, groups.rank, groups.dp_rank * per_rank, per_rank)
 
 
 def train_step(state: RunState, fwd, sc, truncated: list[bool],

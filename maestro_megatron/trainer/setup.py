@@ -45,6 +45,8 @@ class RunState:
     engine: object
     writer: object
     prompts_per_rank: int
+    share: object = None
+    """This rank's `engine_share.RolloutShare`: the engines of its unit and their group."""
 
     @property
     def device(self) -> torch.device:
@@ -78,23 +80,49 @@ def prompts_per_rank(recipe: Recipe, groups: ParallelGroups) -> int:
     return per_rank
 
 
-def hosts_engine(recipe: Recipe, groups: ParallelGroups) -> bool:
-    """Global rank 0 (placement leader) or each data-parallel replica's first rank
-    (placement replica)."""
-    if recipe.rollout.placement == "replica":
-        return groups.tp_rank == 0 and groups.pp_rank == 0 and groups.cp_rank == 0
-    return groups.rank == 0
+def engine_placement(recipe: Recipe, groups: ParallelGroups):
+    """Where the run's engines go (maestro_megatron/plan/placement.py): on a GPU, over
+    the launcher's ranks per node (LOCAL_WORLD_SIZE / SLURM_NTASKS_PER_NODE), checked
+    against this rank's local rank and the GPUs it sees; without CUDA, hosts only."""
+    import os
+
+    from maestro_megatron.plan.build import launch_world
+    from maestro_megatron.plan.placement import (
+        check_rank_order,
+        check_visible,
+        launcher_local_rank,
+        placement_for,
+    )
+
+    per_node = None
+    if torch.cuda.is_available():
+        env = dict(os.environ)
+        per_node = min(launch_world(env, torch.cuda.device_count())[1], groups.world_size)
+        check_rank_order(groups.rank, launcher_local_rank(env, groups.rank), per_node)
+    placement = placement_for(recipe, groups.world_size, per_node)
+    slot = placement.hosted_by(groups.rank)
+    if slot is not None and per_node is not None:
+        check_visible(slot, torch.cuda.device_count())
+    return placement
 
 
-def build_engine(recipe: Recipe, models: Models):
-    """The rollout engine, started from the run's HF directory."""
+def hosts_engine(placement, groups: ParallelGroups) -> bool:
+    """Whether this rank drives an engine of `placement` (the rank on its first GPU)."""
+    return placement.hosted_by(groups.rank) is not None
+
+
+def build_engine(recipe: Recipe, models: Models, slot=None):
+    """The rollout engine, started from the run's HF directory; slot: its
+    `EngineSlot` (the GPUs it runs on; none on CPU)."""
     from maestro_megatron.rollout import build_engine as build
 
     ro = recipe.rollout
+    pinned = {"device_ids": list(slot.local_gpus)} if slot is not None and slot.local_gpus \
+        else {}
     return build(ro.engine, str(models.engine_dir), seed=recipe.run.seed,
                  max_model_len=models.cfg.seq_length, tensor_parallel_size=ro.tensor_parallel,
                  gpu_memory_utilization=ro.gpu_memory_utilization,
-                 enable_sleep_mode=ro.enable_sleep_mode, verbose=recipe.run.verbose)
+                 enable_sleep_mode=ro.enable_sleep_mode, verbose=recipe.run.verbose, **pinned)
 
 
 def check_tokenized_prompts(recipe: Recipe, run_dir: Path, groups: ParallelGroups) -> None:
@@ -116,6 +144,7 @@ def setup_run(recipe: Recipe) -> RunState:
     from maestro_megatron.rollout import refit_policy
     from maestro_megatron.rollout.engine_guard import start_guard
     from maestro_megatron.trainer.checkpoint import load_checkpoint, resume_checkpoint
+    from maestro_megatron.trainer.engine_share import make_share
     from maestro_megatron.trainer.outputs import RunWriter
 
     start_guard()  # what this rank starts (engine, checkpoint writer) dies with it
@@ -123,6 +152,8 @@ def setup_run(recipe: Recipe) -> RunState:
     groups = init_distributed(recipe.parallel, recipe.model, seed=run.seed,
                               timeout_minutes=recipe.parallel.timeout_minutes)
     per_rank = prompts_per_rank(recipe, groups)
+    placement = engine_placement(recipe, groups)  # a user error before any model
+    share = make_share(placement, groups.rank, groups.world_size)
     run_dir = Path(run.output_dir)
     check_tokenized_prompts(recipe, run_dir, groups)
     # Before any model (user errors first): verified on every rank (CheckpointError:
@@ -160,8 +191,8 @@ def setup_run(recipe: Recipe) -> RunState:
         scorer = place_scorer(recipe.rewards.pref, recipe.memory, groups,
                               lambda: build_scorer(recipe.rewards.pref))
     steps_left = start_step < run.num_steps
-    engine = build_engine(recipe, models) if hosts_engine(recipe, groups) and steps_left \
-        else None
+    engine = build_engine(recipe, models, placement.hosted_by(groups.rank)) \
+        if hosts_engine(placement, groups) and steps_left else None
     if start_step > 0 and steps_left:  # the engine started from pre-resume weights
         refit_policy(engine, models.policy, models.cfg, groups,
                      recipe.rollout.refit_bucket_mb * 1024 * 1024,
@@ -171,4 +202,4 @@ def setup_run(recipe: Recipe) -> RunState:
                        total_steps=run.num_steps, start_step=start_step, progress=run.progress,
                        overwrite=run.overwrite)
     return RunState(recipe, groups, run_dir, models, optimizer, scheduler, scalarizer, sync,
-                    stream, task_index, start_step, scorer, engine, writer, per_rank)
+                    stream, task_index, start_step, scorer, engine, writer, per_rank, share)

@@ -89,25 +89,27 @@ def is_refit_leader(groups: ParallelGroups, all_replicas: bool = False) -> bool:
 
 @torch.no_grad()
 def iter_hf_weights(model_chunks: list[torch.nn.Module], mapping: DecoderMapping,
-                    cfg: ModelConfig, groups: ParallelGroups, all_replicas: bool = False
-                    ) -> Iterator[tuple[str, torch.Tensor | None]]:
+                    cfg: ModelConfig, groups: ParallelGroups, all_replicas: bool = False,
+                    leader: bool | None = None) -> Iterator[tuple[str, torch.Tensor | None]]:
     """Yield (hf_name, full tensor) on the leader and (hf_name, None) elsewhere.
 
     Must be exhausted on EVERY rank (it runs collectives). Only the first data-parallel
     replica gathers (the others return at once), unless `all_replicas`: then every
     replica gathers over its own TP/PP groups to its own first rank (per-replica
     refit; nothing crosses replicas). Tensors are yielded in the mapping's order,
-    unpadded, in the model's dtype, on the leader's device.
+    unpadded, in the model's dtype, on the leader's device. leader: whether this rank
+    receives them (default `is_refit_leader`); any rank of context-parallel rank 0 of a
+    gathering replica may (every stage gets each full tensor), e.g. each engine's host.
     """
     if groups.cp_rank != 0 or (groups.dp_rank != 0 and not all_replicas):
         return
     dtype = unwrap_model(model_chunks[0]).config.params_dtype
     device = collective_device()
+    receives = is_refit_leader(groups, all_replicas) if leader is None else leader
     for unit in mapping.units(cfg):
         param = _find_param(model_chunks, unit)
         owner = _owner_stage(param, groups, unit, device)
         full = _tp_full(param, unit, groups) if groups.pp_rank == owner else None
         full = _pp_broadcast(full, owner, groups, dtype, device)
-        tensors = to_hf(unit, full, cfg) if is_refit_leader(groups, all_replicas) \
-            else [None] * len(unit.hf_names)
+        tensors = to_hf(unit, full, cfg) if receives else [None] * len(unit.hf_names)
         yield from zip(unit.hf_names, tensors)

@@ -13,6 +13,7 @@ from maestro_megatron.errors import UserError
 from maestro_megatron.plan.placement import (
     check_rank_order,
     check_visible,
+    launcher_local_rank,
     place_engines,
     placement_for,
 )
@@ -158,6 +159,9 @@ def test_recipe_keys_are_validated():
 
 
 def test_launcher_checks():
+    assert launcher_local_rank({"RANK": "10", "LOCAL_RANK": "2"}, 10) == 2  # torchrun
+    assert launcher_local_rank({"SLURM_PROCID": "10", "SLURM_LOCALID": "3"}, 10) == 3  # srun
+    assert launcher_local_rank({}, 0) == 0  # one process
     check_rank_order(10, 2, 8)
     with pytest.raises(UserError, match="rank 10 is local rank 0 of its node, not 2"):
         check_rank_order(10, 0, 8)  # srun --distribution=cyclic
@@ -166,3 +170,16 @@ def test_launcher_checks():
     check_visible(slot, 8)
     with pytest.raises(UserError, match=r"needs GPUs \[6, 7\] of its node but the rank sees 1"):
         check_visible(slot, 1)  # CUDA_VISIBLE_DEVICES restricted to the rank's own GPU
+
+
+def test_engine_gpus_go_to_vllm_as_device_ids():
+    pytest.importorskip("vllm")
+    from maestro_megatron.rollout import EngineFeatureUnsupported, VLLMEngine
+    from maestro_megatron.rollout.vllm_engine import pinned_device_ids
+
+    assert pinned_device_ids((6, 7), 2) == [6, 7]  # this vLLM has EngineArgs.device_ids
+    for bad in ([6], [6, 6]):
+        with pytest.raises(ValueError, match="need 2 distinct GPUs"):
+            pinned_device_ids(bad, 2)
+    with pytest.raises(EngineFeatureUnsupported, match="a CPU engine runs on the host"):
+        VLLMEngine("unused", device_ids=[0])  # refused before any model is read
