@@ -57,8 +57,10 @@ def test_the_trainer_step_runs_on_the_fake_gpu():
         assert stage in out["phases"]
     assert out["peak"] > 0
     places = {place.split("maestro_megatron/")[-1].split(":")[0] for place in out["host_reads"]}
-    # Named host reads only: metrics, the Conductor's sampling on the host, the counts.
+    # Named host reads only (docs/gpu_path.md): metrics, the Conductor's sampling on the
+    # host, the counts.
     assert places <= {"rewards/components.py", "megatron/conductor_replica.py",
                       "conductor/head.py", "scalarizers/conductor.py", "scalarizers/step.py",
                       "trainer/steps.py", "trainer/rollouts.py", "megatron/train_step.py",
-                      "megatron/core/optimizer/clip_grads.py", "conductor/buffer.py"}, places
+                      "megatron/core/optimizer/clip_grads.py", "conductor/buffer.py",
+                      "conductor/schedule.py"}, places  # (the last: the update's loss)
