@@ -326,8 +326,8 @@ def test_launch_world_from_torchrun_and_slurm():
 def test_cli_plan_fits_and_json(capsys):
     assert main(["plan", R8]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith("plan: fits: peak ") and out[-1].endswith("GB per GPU (train "
-                                                                         "phase, every GPU)")
+    assert out[-1].startswith("plan: fits: peak ") and out[-1].endswith(
+        "GB per GPU (train phase, TP rank 0 (reward model))")
     assert any(line.startswith("activations") for line in out)
     assert main(["plan", R8, "--json", "--gpus-per-node", "8"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -343,7 +343,7 @@ def test_cli_variant_that_cannot_fit_exits_2_with_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith("error: ") and "does not fit" in err[0]
-    assert "(rollout phase, every GPU); largest item: rollout engine 72.5 GB" in err[0]
+    assert "(rollout phase, TP rank 0 (reward model)); largest item: rollout engine 72.5 GB" in err[0]
     # flags after the overrides; 40 GB GPUs: the train phase, its activations
     assert main(["plan", R8, "memory.recompute=selective", "--gpu-memory", "40"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
