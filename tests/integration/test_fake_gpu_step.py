@@ -42,7 +42,8 @@ def planned(recipe: str, nodes: int, role: str, report: dict) -> dict[str, float
     """The plan's bytes per phase for the GPU `report` measured, same overrides."""
     dp = report["layout"]["dp"]
     r = load_recipe(ROOT / f"recipes/{recipe}.yaml",
-                    [*LOCAL_SPEC, f"grpo.num_prompts_per_step={dp}", "grpo.num_minibatches=1"])
+                    [*LOCAL_SPEC, f"grpo.num_prompts_per_step={dp}", "grpo.num_minibatches=1",
+                     "rollout.engines_per_replica=1"])  # engines: not compared (asleep)
     plan = plan_recipe(r, nodes, 8, 80, transformer_impl="local")
     pp = report["layout"]["pp"]
     stage = {"first": 0, "middle": pp // 2, "last": pp - 1}[role]
