@@ -371,7 +371,13 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     """vLLM memory fraction (GPU)."""
     enable_sleep_mode: bool = False
-    """Free engine memory during training (GPU vLLM only)."""
+    """Free engine memory during training (GPU vLLM only): the engine sleeps after each
+    rollout and wakes before the refit (weights) and after it (KV cache)."""
+    sleep_level: int = 1
+    """With enable_sleep_mode, vLLM's sleep level: 1: weights offloaded to host memory,
+    KV cache discarded (host memory holds a copy of the engine's weights); 2: weights
+    and KV cache discarded, the refit writes every weight into the re-allocated
+    memory (no host copy)."""
     refit_bucket_mb: int = 512
     """Size bound of one refit bucket (MiB)."""
     tensor_parallel: int = 1

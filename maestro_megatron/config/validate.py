@@ -170,6 +170,7 @@ def validate_recipe(recipe: Recipe) -> None:
            f"{ro.max_new_tokens} leaves no room for a prompt in model.seq_length="
            f"{m.seq_length}")
     _check(ro.refit_bucket_mb >= 1, "rollout.refit_bucket_mb", "must be >= 1")
+    _one_of(ro.sleep_level, {1, 2}, "rollout.sleep_level")
     _one_of(recipe.data.prompt_format, {"plain", "chat"}, "data.prompt_format")
     _check(recipe.warmup.num_steps >= 0, "warmup.num_steps", "must be >= 0")
     _check(recipe.run.num_steps >= 1, "run.num_steps", f"must be >= 1, got {recipe.run.num_steps}")

@@ -91,6 +91,23 @@ class RolloutGroup:
         return len(self.responses)
 
 
+SLEEP_LEVELS = (1, 2)
+"""vLLM's sleep levels that free GPU memory (`RolloutEngine.sleep`)."""
+SLEEP_TAGS = ("weights", "kv_cache")
+"""What `RolloutEngine.wake_up` re-allocates, in the trainer's order."""
+
+
+def check_sleep_level(level: int) -> None:
+    if level not in SLEEP_LEVELS:
+        raise ValueError(f"sleep level must be one of {SLEEP_LEVELS}, got {level!r}")
+
+
+def check_sleep_tags(tags: Sequence[str] | None) -> None:
+    unknown = sorted(set(tags or ()) - set(SLEEP_TAGS))
+    if unknown or (tags is not None and not tags):
+        raise ValueError(f"wake_up tags must be among {SLEEP_TAGS} (None: all), got {tags!r}")
+
+
 class RolloutEngine(abc.ABC):
     """A generation engine that can be refit in place with new policy weights.
 
@@ -141,13 +158,22 @@ class RolloutEngine(abc.ABC):
     def finish_refit(self) -> None:
         """Drop state computed with the old weights (e.g. cached prefixes' KV)."""
 
-    def sleep(self, level: int = 1) -> None:
-        """Free engine memory (weights with level 2, KV cache) until `wake_up`."""
-        raise EngineFeatureUnsupported(f"{type(self).__name__} has no sleep mode")
+    def sleep(self, level: int = 1) -> bool:
+        """Free engine memory until `wake_up` (the trainer: after each rollout). level 1:
+        weights offloaded to host memory, KV cache discarded; 2: both discarded (the
+        next refit writes every weight). Returns whether memory was freed: False, and
+        nothing done, on an engine without sleep mode (`supports_sleep` False)."""
+        check_sleep_level(level)
+        return False
 
-    def wake_up(self) -> None:
-        """Restore what `sleep` freed."""
-        raise EngineFeatureUnsupported(f"{type(self).__name__} has no sleep mode")
+    def wake_up(self, tags: Sequence[str] | None = None) -> bool:
+        """Re-allocate what `sleep` freed: `tags` among `SLEEP_TAGS` (None: all). The
+        trainer wakes "weights" before the refit writes them and "kv_cache" after it;
+        the engine serves requests again once both are awake. Returns whether memory
+        was restored: False, and nothing done, where nothing of `tags` sleeps (no
+        sleep mode, or awake already)."""
+        check_sleep_tags(tags)
+        return False
 
     @abc.abstractmethod
     def close(self) -> None:

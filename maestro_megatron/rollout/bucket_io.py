@@ -1,5 +1,6 @@
-"""How a refit bucket (HF-named tensors) travels to a rollout engine: as safetensors bytes,
-or copied once into a `SharedBucketBuffer` that the engine's processes on this host map.
+"""How a refit bucket (HF-named tensors) travels to a rollout engine (`refit_transport`):
+by CUDA IPC to a GPU engine (`cuda_ipc.py`), copied once into a `SharedBucketBuffer` that
+a CPU engine's processes on this host map, or as safetensors bytes.
 
 Torch and safetensors only (the vLLM worker imports this too).
 """
@@ -24,6 +25,21 @@ GROW = 1 << 20
 """A `SharedBucketBuffer` grows in multiples of this many bytes."""
 _READ_MAPS: dict[str, tuple[tuple[int, int], torch.Tensor]] = {}
 """path -> ((inode, size), [size] uint8 view): this process's mappings of writers' buffers."""
+
+
+TRANSPORTS = ("cuda_ipc", "shared_memory", "bytes")
+
+
+def refit_transport(engine_device: str, shared_memory: bool) -> str:
+    """How buckets go to an engine whose processes run on this host, from its device:
+    "cuda_ipc" for a GPU ("cuda") engine: the bucket stays on the GPU and the workers map
+    it (no host copy); "shared_memory" for a CPU engine with a `SharedBucketBuffer`;
+    "bytes" otherwise (safetensors through the engine's RPC)."""
+    if engine_device == "cuda":
+        return "cuda_ipc"
+    if engine_device != "cpu":
+        raise ValueError(f"no refit transport for an engine on {engine_device!r}")
+    return "shared_memory" if shared_memory else "bytes"
 
 
 def _cpu_untied(bucket: Sequence[NamedTensor]) -> dict[str, torch.Tensor]:

@@ -2,9 +2,11 @@
 
 Tensors are packed into size-bounded buckets and each bucket is handed to the engine
 (`RolloutEngine.load_bucket`); nothing touches the disk (DESIGN.md section 5, "refit").
-An engine whose processes run on this host (vLLM on CPU) gets each bucket copied once
-into memory that its processes map (`bucket_io.SharedBucketBuffer`); any other engine
-gets safetensors bytes (`serialize_bucket`, `RolloutEngine.load_serialized_bucket`).
+How a bucket travels is chosen from the engine's device (`bucket_io.refit_transport`):
+a colocated GPU engine (vLLM on GPU) maps the gathered bucket on the trainer's GPU by
+CUDA IPC, no host copy (`cuda_ipc.py`); a CPU engine gets each bucket copied once into
+memory that its processes map (`bucket_io.SharedBucketBuffer`); otherwise safetensors
+bytes (`serialize_bucket`, `RolloutEngine.load_serialized_bucket`).
 
 A bucket never splits a decoder layer: an engine that fuses q/k/v or gate/up into one
 parameter (vLLM) reloads a fused parameter only when all its parts arrive in the same

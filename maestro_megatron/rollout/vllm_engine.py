@@ -18,6 +18,7 @@ import torch
 
 from maestro_megatron.logs import is_verbose
 from maestro_megatron.rollout.base import (
+    SLEEP_TAGS,
     EngineDiedError,
     EngineFeatureUnsupported,
     Prompts,
@@ -25,8 +26,11 @@ from maestro_megatron.rollout.base import (
     RolloutEngine,
     RolloutGroup,
     SamplingConfig,
+    check_sleep_level,
+    check_sleep_tags,
 )
-from maestro_megatron.rollout.bucket_io import NamedTensor, SharedBucketBuffer
+from maestro_megatron.rollout.bucket_io import NamedTensor, SharedBucketBuffer, refit_transport
+from maestro_megatron.rollout.cuda_ipc import CudaIpcBucketBuffer
 from maestro_megatron.rollout.engine_guard import guard_processes, stop_guard
 from maestro_megatron.rollout.engine_watch import EngineWatch
 from maestro_megatron.rollout.vllm_logging import quiet_vllm_logs
@@ -278,11 +282,28 @@ class VLLMEngine(RolloutEngine):
             result.append(torch.tensor(lps, dtype=torch.float32))
         return result
 
+    _ipc_buffer: CudaIpcBucketBuffer | None = None
+    """GPU: the trainer-side buffer of the refit in progress (freed by `finish_refit`)."""
+    _asleep: frozenset[str] = frozenset()
+    """The `SLEEP_TAGS` asleep now (empty: awake)."""
+
+    @property
+    def refit_transport(self) -> str:
+        """How `load_bucket` sends buckets, from the engine's device
+        (`bucket_io.refit_transport`): "cuda_ipc" (GPU), "shared_memory" (CPU with
+        `refit_buffer`) or "bytes"."""
+        return refit_transport("cpu" if self.is_cpu else "cuda", self.refit_buffer is not None)
+
     def load_bucket(self, bucket: Sequence[NamedTensor]) -> int:
-        """Through `refit_buffer`: each tensor byte is copied once, into memory that the
-        workers map. A failed write (out of memory) closes the buffer and falls back to
-        bytes, for this and every later bucket."""
-        if self.refit_buffer is None:
+        """GPU: by CUDA IPC (`cuda_ipc.py`): the bucket is copied device to device into a
+        buffer on the trainer's GPU that every worker maps, no host copy. CPU: through
+        `refit_buffer`: each tensor byte is copied once, into memory that the workers
+        map; a failed write (out of memory) closes the buffer and falls back to bytes,
+        for this and every later bucket."""
+        transport = self.refit_transport
+        if transport == "cuda_ipc":
+            return self._load_ipc_bucket(bucket)
+        if transport == "bytes":
             return super().load_bucket(bucket)
         try:
             layout = self.refit_buffer.write(bucket)
@@ -292,6 +313,21 @@ class VLLMEngine(RolloutEngine):
             self._close_refit_buffer()
             return super().load_bucket(bucket)
         return self._load_rpc("maestro_load_shared_bucket", self.refit_buffer.path, layout)
+
+    def _load_ipc_bucket(self, bucket: Sequence[NamedTensor]) -> int:
+        if self._ipc_buffer is None:
+            on_gpu = [t.device for _, t in bucket if t.is_cuda]
+            self._ipc_buffer = CudaIpcBucketBuffer(on_gpu[0] if on_gpu else
+                                                   torch.cuda.current_device())
+        layout = self._ipc_buffer.write(bucket)
+        workers = self.llm.llm_engine.vllm_config.parallel_config.world_size
+        return self._load_rpc("maestro_load_ipc_bucket", self._ipc_buffer.exports(workers),
+                              layout)
+
+    def _close_ipc_buffer(self) -> None:
+        buffer, self._ipc_buffer = self._ipc_buffer, None
+        if buffer is not None:
+            buffer.close()
 
     def load_serialized_bucket(self, blob: bytes) -> int:
         return self._load_rpc("maestro_load_bucket", blob)
@@ -305,21 +341,40 @@ class VLLMEngine(RolloutEngine):
         return counts[0]
 
     def finish_refit(self) -> None:
+        self._close_ipc_buffer()  # the workers released it: each load returned
         # Cached prefixes hold KV computed with the old weights.
         with _engine_alive("refit", self._watch):
             reset = self.llm.reset_prefix_cache()
         if not reset:
             raise RuntimeError("vLLM refused to reset its prefix cache (requests running)")
 
-    def sleep(self, level: int = 1) -> None:
+    def sleep(self, level: int = 1) -> bool:
+        """vLLM's `LLM.sleep(level)` (GPU, enable_sleep_mode); without sleep mode (vLLM on
+        CPU has none) a no-op that returns False: the engine keeps its memory."""
+        check_sleep_level(level)
         if not self.supports_sleep:
-            super().sleep(level)
-        self.llm.sleep(level=level)
+            return False
+        if self._asleep:
+            raise RuntimeError(f"the engine is asleep already ({sorted(self._asleep)} "
+                               "asleep): wake_up first")
+        with _engine_alive("sleep", self._watch):
+            self.llm.sleep(level=level)
+        self._asleep = frozenset(SLEEP_TAGS)
+        return True
 
-    def wake_up(self) -> None:
-        if not self.supports_sleep:
-            super().wake_up()
-        self.llm.wake_up()
+    def wake_up(self, tags: Sequence[str] | None = None) -> bool:
+        """vLLM's `LLM.wake_up(tags)` for the tags that sleep: "weights" re-allocated first
+        (restored from host memory after level 1; for the refit to write after level 2),
+        then "kv_cache"; vLLM schedules requests again once both are awake. False (a
+        no-op) where none of `tags` sleeps: no sleep mode, or awake already."""
+        check_sleep_tags(tags)
+        wake = [t for t in SLEEP_TAGS if t in self._asleep and (tags is None or t in tags)]
+        if not wake:
+            return False
+        with _engine_alive("wake_up", self._watch):
+            self.llm.wake_up(tags=wake)
+        self._asleep = self._asleep - set(wake)
+        return True
 
     def _close_refit_buffer(self) -> None:
         buffer, self.refit_buffer = getattr(self, "refit_buffer", None), None
@@ -328,6 +383,7 @@ class VLLMEngine(RolloutEngine):
 
     def close(self) -> None:
         self._close_refit_buffer()
+        self._close_ipc_buffer()
         llm, self._llm = self._llm, None
         if llm is None:
             return

@@ -63,8 +63,25 @@ class RefitWorkerExtension:
 
         return self.maestro_reload_tensors(read_shared_bucket(path, layout))
 
+    def maestro_load_ipc_bucket(self, exports: list, layout: BucketLayout) -> int:
+        """Like `maestro_load_bucket`, from the trainer's GPU (`cuda_ipc.CudaIpcBucketBuffer`):
+        this worker's export (`exports[self.rank]`) is mapped and read in place, with no
+        host copy. Returns once this GPU finished reading: the trainer then overwrites
+        the buffer with the next bucket."""
+        import torch
+
+        from maestro_megatron.rollout.cuda_ipc import open_ipc_bucket
+
+        tensors = open_ipc_bucket(exports, layout, self.rank, self.device.index)
+        try:
+            return self.maestro_reload_tensors(tensors)
+        finally:
+            torch.cuda.current_stream(self.device).synchronize()
+            tensors.clear()  # the last views: the mapping is released (one per export)
+
     def maestro_reload_tensors(self, tensors: dict[str, torch.Tensor]) -> int:
-        """Load HF-named CPU tensors into the model in place; return their count.
+        """Load HF-named tensors (CPU, or CUDA mapped by IPC) into the model in place;
+        return their count.
 
         `reload_weights` runs the model's own HF-name loader (fusing q/k/v, gate/up, TP
         sharding) and the per-layer post-load processing (on CPU: the packed GEMM

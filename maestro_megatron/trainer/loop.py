@@ -20,6 +20,7 @@ from maestro_megatron.megatron.train_step import grpo_train_step
 from maestro_megatron.rollout import SamplingConfig, refit_policy
 from maestro_megatron.scalarizers import sequence_kl, step_uniforms
 from maestro_megatron.trainer.checkpoint import save_step
+from maestro_megatron.trainer.colocation import sleep_engine, wake_engine
 from maestro_megatron.trainer.engine_share import share_rollouts
 from maestro_megatron.trainer.faults import enter_step, fault_point
 from maestro_megatron.trainer.finish import finish_run
@@ -102,12 +103,15 @@ def run_step(state: RunState, step: int) -> bool:
     enter_step(step)  # the step MAESTRO_FAULT's testing hooks compare (trainer/faults.py)
     with timer("rollout"):
         local = rollout_step(state, step)
+    sleep_engine(state.engine, recipe.rollout.sleep_level, timer)  # trainer/colocation.py
     task_weights, records = learn_step(state, step, local, timer, metrics)
+    wake_engine(state.engine, ["weights"], timer)  # what the refit writes
     with timer("refit"):
         fault_point("refit")
         metrics.update(refit_policy(state.engine, models.policy, models.cfg, groups,
                                     recipe.rollout.refit_bucket_mb * 1024 * 1024,
                                     all_replicas=recipe.rollout.placement == "replica"))
+    wake_engine(state.engine, ["kv_cache"], timer)  # the buckets are gone: the next rollout's
     metrics.update(timer.times)
     metrics["timing/step"] = time.perf_counter() - start
     if state.is_logger:
