@@ -343,7 +343,8 @@ def test_cli_variant_that_cannot_fit_exits_2_with_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith("error: ") and "does not fit" in err[0]
-    assert "(rollout phase, TP rank 0 (reward model)); largest item: rollout engine 72.5 GB" in err[0]
+    assert ("(rollout phase, TP rank 0 (reward model)); largest item: rollout engine 72.5 GB"
+            in err[0])
     # flags after the overrides; 40 GB GPUs: the train phase, its activations
     assert main(["plan", R8, "memory.recompute=selective", "--gpu-memory", "40"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
