@@ -207,6 +207,16 @@ def _train_rows(recipe: Recipe, dp: int) -> tuple[int, int, int]:
                             f"of {dp} data-parallel ranks")
         micro = min(g.micro_batch_size, rows)
         return rows, micro, max(rows // micro, 1)
+    per_rank = prompts_per_rank(g, dp)
+    rows = per_rank * g.group_size // g.num_minibatches
+    return per_rank * g.group_size, g.micro_batch_size, rows // g.micro_batch_size
+
+
+def prompts_per_rank(grpo, dp: int) -> int:
+    """Prompts per data-parallel rank (grpo: GRPOConfig); groups never straddle ranks,
+    mini-batches divide a rank's prompts and micro-batches a mini-batch's rows, else a
+    UserError naming the key. The trainer (trainer/setup.py) applies the same rules."""
+    g = grpo
     if g.num_prompts_per_step % dp:
         raise UserError(f"grpo.num_prompts_per_step={g.num_prompts_per_step} does not split "
                         f"over {dp} data-parallel ranks")
@@ -218,7 +228,7 @@ def _train_rows(recipe: Recipe, dp: int) -> tuple[int, int, int]:
     if rows % g.micro_batch_size:
         raise UserError(f"grpo.micro_batch_size={g.micro_batch_size} does not divide the "
                         f"{rows} responses of a mini-batch on each data-parallel rank")
-    return per_rank * g.group_size, g.micro_batch_size, rows // g.micro_batch_size
+    return per_rank
 
 
 def _activation_shape(recipe: Recipe, micro: int, spec: str) -> ActivationShape:

@@ -64,20 +64,11 @@ class RunState:
 
 def prompts_per_rank(recipe: Recipe, groups: ParallelGroups) -> int:
     """Prompts per DP rank; groups never straddle ranks, mini-batches divide a rank's
-    prompts and micro-batches a mini-batch's rows."""
-    g = recipe.grpo
-    if g.num_prompts_per_step % groups.dp_size:
-        raise ValueError(f"grpo.num_prompts_per_step={g.num_prompts_per_step} does not split "
-                         f"over {groups.dp_size} data-parallel ranks")
-    per_rank = g.num_prompts_per_step // groups.dp_size
-    if per_rank % g.num_minibatches:
-        raise ValueError(f"grpo.num_minibatches={g.num_minibatches} does not divide the "
-                         f"{per_rank} prompts of each data-parallel rank")
-    rows = per_rank * g.group_size // g.num_minibatches
-    if rows % g.micro_batch_size:
-        raise ValueError(f"grpo.micro_batch_size={g.micro_batch_size} does not divide the "
-                         f"{rows} responses of a mini-batch on each data-parallel rank")
-    return per_rank
+    prompts and micro-batches a mini-batch's rows (a UserError naming the key: the
+    rules `maestro plan` applies too)."""
+    from maestro_megatron.plan.memory import prompts_per_rank as split
+
+    return split(recipe.grpo, groups.dp_size)
 
 
 def engine_placement(recipe: Recipe, groups: ParallelGroups):
