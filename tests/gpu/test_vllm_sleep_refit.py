@@ -99,20 +99,10 @@ def trainer(model_dir):
 def _sequences(model_dir):
     from transformers import AutoTokenizer
 
-    from maestro_megatron.megatron.forward import SequenceBatch
+    from tests.support.fixed_sequences import fixed_sequences
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    texts = ["the quick brown fox jumps over the lazy dog",
-             "<think> two plus two is four </think><answer> 4 </answer>"]
-    ids = [tok(t)["input_ids"] for t in texts]
-    prompt_lens = [3, 4]
-    seq = max(len(x) for x in ids)
-    tokens = torch.full((len(ids), seq), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros(len(ids), seq)
-    for i, x in enumerate(ids):
-        tokens[i, :len(x)] = torch.tensor(x)
-        mask[i, prompt_lens[i]:len(x)] = 1
-    return ids, prompt_lens, SequenceBatch(tokens=tokens.cuda(), response_mask=mask.cuda())
+    ids, prompt_lens, batch = fixed_sequences(AutoTokenizer.from_pretrained(model_dir))
+    return ids, prompt_lens, batch.to("cuda")
 
 
 def test_level2_sleep_then_refit_policy_by_cuda_ipc(engine, trainer, model_dir, monkeypatch):

@@ -22,7 +22,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from maestro_megatron.config.schema import GRPOConfig, ParallelConfig, PrecisionConfig
-    from maestro_megatron.megatron.forward import SequenceBatch, forward_logprobs
+    from maestro_megatron.megatron.forward import forward_logprobs
     from maestro_megatron.megatron.model import build_model
     from maestro_megatron.megatron.parallel import destroy_distributed, init_distributed
     from maestro_megatron.megatron.train_step import (
@@ -35,6 +35,7 @@ def main() -> None:
     from maestro_megatron.weights.gather import is_refit_leader, iter_hf_weights
     from maestro_megatron.weights.hf_model import hf_model_config, load_hf_weights
     from maestro_megatron.weights.registry import get_mapping
+    from tests.support.fixed_sequences import fixed_sequences
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--hf", type=Path, required=True)
@@ -58,17 +59,7 @@ def main() -> None:
         result["response_lengths"] = [r.num_tokens for g in rollouts for r in g.responses]
 
     tok = AutoTokenizer.from_pretrained(args.hf)
-    texts = ["the quick brown fox jumps over the lazy dog",
-             "<think> two plus two is four </think><answer> 4 </answer>"]
-    ids = [tok(t)["input_ids"] for t in texts]
-    prompt_lens = [3, 4]
-    seq = max(len(x) for x in ids)
-    tokens = torch.full((len(ids), seq), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros(len(ids), seq)
-    for i, x in enumerate(ids):
-        tokens[i, :len(x)] = torch.tensor(x)
-        mask[i, prompt_lens[i]:len(x)] = 1
-    batch = SequenceBatch(tokens=tokens, response_mask=mask)
+    ids, prompt_lens, batch = fixed_sequences(tok)
     kw = dict(micro_batch_size=1, vocab_size=cfg.vocab_size)
 
     def trainer_logprobs() -> list[torch.Tensor]:
@@ -89,7 +80,7 @@ def main() -> None:
     optimizer, scheduler = build_optimizer(GRPOConfig(lr=0.05, clip_grad=0.0), parallel,
                                            PrecisionConfig(), chunks, 1)
     optimizer_step(chunks, optimizer, scheduler, batch, groups,
-                   loss_fn=sft_loss_fn(global_counts(mask, groups)), **kw)
+                   loss_fn=sft_loss_fn(global_counts(batch.response_mask, groups)), **kw)
     trainer_after = trainer_logprobs()
 
     weights = iter_hf_weights(chunks, get_mapping(cfg.architecture), cfg, groups)
