@@ -1,4 +1,5 @@
-"""algorithms/, conductor/, rewards/, scalarizers/ are pure math: torch only (DESIGN.md 9)."""
+"""algorithms/, conductor/, rewards/, scalarizers/ are pure math: torch only (DESIGN.md 9);
+the memory plan (plan/) is arithmetic without torch."""
 
 import ast
 import subprocess
@@ -27,11 +28,25 @@ def test_no_forbidden_import_statements():
                 f"{f.relative_to(PKG)} imports {name}")
 
 
-def test_importing_pure_packages_loads_no_megatron_or_vllm():
-    code = ("import sys; import maestro_megatron.algorithms, maestro_megatron.conductor, "
-            "maestro_megatron.rewards, maestro_megatron.scalarizers, "
-            "maestro_megatron.data.packing; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('megatron', 'vllm')]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+def loaded_after_import(modules: tuple[str, ...], banned: tuple[str, ...]) -> list[str]:
+    """The modules of the `banned` top-level packages a fresh interpreter has loaded
+    after importing `modules`."""
+    code = (f"import sys; import {', '.join(modules)}; "
+            f"print([m for m in sys.modules if m.split('.')[0] in {banned!r}])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+
+
+def test_importing_pure_packages_loads_no_megatron_or_vllm():
+    modules = ("maestro_megatron.algorithms", "maestro_megatron.conductor",
+               "maestro_megatron.rewards", "maestro_megatron.scalarizers",
+               "maestro_megatron.data.packing")
+    assert loaded_after_import(modules, ("megatron", "vllm")) == []
+
+
+def test_the_memory_plan_imports_no_torch():
+    """maestro_megatron.plan's arithmetic (maestro plan) runs without torch."""
+    modules = tuple(f"maestro_megatron.plan{m}" for m in
+                    ("", ".memory", ".params", ".activations", ".roles", ".report"))
+    assert loaded_after_import(modules, ("torch", "megatron", "vllm")) == []
