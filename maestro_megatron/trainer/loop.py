@@ -9,7 +9,7 @@ checkpoint. Works under torchrun (or srun) with any TP x PP x DP the world allow
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -45,17 +45,21 @@ from maestro_megatron.trainer.steps import (
 class Timer:
     """Wall-clock seconds per named stage: `with timer("rollout"): ...`. An exception
     raised inside a stage (a dead engine, a collective that timed out) carries a note
-    naming the stage and the step, so the failure says where the job stopped."""
+    naming the stage and the step, so the failure says where the job stopped.
+    `around(name)`, when given, is a context entered around each stage too (the
+    fake-GPU step's memory phases)."""
 
-    def __init__(self, step: int = 0) -> None:
+    def __init__(self, step: int = 0, around=None) -> None:
         self.step = step
         self.times: dict[str, float] = {}
+        self.around = around
 
     @contextmanager
     def __call__(self, name: str):
         start = time.perf_counter()
         try:
-            yield
+            with self.around(name) if self.around is not None else nullcontext():
+                yield
         except Exception as exc:
             exc.add_note(f"maestro: raised in stage '{name}' of step {self.step}; the last "
                          "complete checkpoint is intact and the same command resumes")
