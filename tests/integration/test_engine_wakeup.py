@@ -36,9 +36,14 @@ PAUSE_S = 1.3
 def test_parked_reader_wakes_on_notification(tmp_path):
     from vllm.distributed.device_communicators import shm_broadcast
 
+    from maestro_megatron.rollout.vllm_logging import CONFIG_ENV
+
     recheck_s = shm_broadcast.SHM_READER_RECHECK_INTERVAL_MS / 1000
     assert PAUSE_S < recheck_s  # a timeout inside the window can only be a lost wake-up
     env = {**os.environ, "VLLM_LOGGING_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1"}
+    # An earlier test in this process may have set the project's quiet vLLM logging
+    # config, which would win over the DEBUG level in the engine processes.
+    env.pop(CONFIG_ENV, None)
     proc = subprocess.run(
         [sys.executable, "-m", "tests.support.engine_wakeup", str(tmp_path / "model"),
          str(CALLS), str(PAUSE_S)],
