@@ -10,7 +10,9 @@ Parts, each in its own process with its own time limit inside an overall deadlin
      where Transformer Engine is installed and the card supports it: tokens/s, model
      TFLOP/s and that as a fraction of part 1's peak;
   3. tests/gpu with pytest (dry run: collected only);
-  4. vLLM sleep / wake and refit on the GPU when vLLM is installed (bench/gpu_vllm.py).
+  4. vLLM sleep / wake and refit on the GPU when vLLM is installed (bench/gpu_vllm.py);
+  5. `maestro train recipes/gpu_check.yaml`, bf16 then FP8: the whole step as a user
+     runs it, colocated engine asleep during training, CUDA IPC refit (bench/gpu_recipe.py).
 A part that fails or runs out of time is recorded with its error; the rest still run.
 """
 
@@ -20,6 +22,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,11 +71,15 @@ def device_info(dry: bool) -> dict:
     return info
 
 
+def _figure(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, fp32")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "gpu_results.json")
-    p.add_argument("--budget-s", type=float, default=450.0, help="overall deadline")
+    p.add_argument("--budget-s", type=float, default=470.0, help="overall deadline")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--seq", type=int, default=4096)
     args = p.parse_args(argv)
@@ -104,17 +111,28 @@ def main(argv: list[str] | None = None) -> int:
         if peak and "tflops" in part:
             part["fraction_of_matmul_peak"] = part["tflops"] / peak
         results[f"train_{prec}"] = part
-    results["gpu_tests"] = run_gpu_tests(args.dry_run, min(150, left(120)))
+    runs = Path(tempfile.mkdtemp(prefix="maestro-gpu-check-"))
+    for prec in precisions:
+        results[f"recipe_{prec}"] = run_part(
+            ["recipe", *dry, "--precision", prec, "--out-dir", str(runs / prec)],
+            min(180, left(150)))
+    results["gpu_tests"] = run_gpu_tests(args.dry_run, min(150, left(100)))
     results["vllm"] = run_part(["vllm", *dry], min(180, left(5)))
+    results["recipe_runs"] = str(runs)
     results["total_s"] = args.budget_s - left()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
-    for key in ("matmul", *(f"train_{p}" for p in precisions), "gpu_tests", "vllm"):
+    keys = ("matmul", *(f"train_{p}" for p in precisions),
+            *(f"recipe_{p}" for p in precisions), "gpu_tests", "vllm")
+    print("| part | figures |\n|---|---|")
+    for key in keys:
         part = results[key]
         brief = {k: part[k] for k in ("tflops", "fraction_of_matmul_peak", "tokens_per_s",
+                                      "step_s", "rollout_s", "engine_sleep_s",
+                                      "engine_wake_s", "refit_s", "logprob_gap_max",
                                       "summary", "skipped", "error", "sleep_freed_bytes",
-                                      "refit_gb_per_s") if k in part}
-        print(f"{key:12s} {brief}")
+                                      "refit_gb_per_s") if part.get(k) is not None}
+        print(f"| {key} | " + ", ".join(f"{k} {_figure(v)}" for k, v in brief.items()) + " |")
     print(f"results: {args.out} ({results['total_s']:.0f} s)")
     failed = [k for k in results if isinstance(results[k], dict) and "error" in results[k]]
     return 1 if failed else 0

@@ -131,7 +131,7 @@ def main(argv: list[str]) -> int:
     import argparse
 
     p = argparse.ArgumentParser()
-    p.add_argument("part", choices=["matmul", "train", "vllm"])
+    p.add_argument("part", choices=["matmul", "train", "recipe", "vllm"])
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--precision", default="bf16")
     p.add_argument("--layers", type=int, default=4)
@@ -139,12 +139,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rows", type=int, default=8)
     p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--out-dir", help="recipe: the run directory (a fresh one)")
     args = p.parse_args(argv)
     if args.part == "matmul":
         out = part_matmul(args.dry_run)
     elif args.part == "train":
         out = part_train(args.dry_run, args.precision, args.layers, args.seq, args.rows,
                          args.micro_batch, args.steps)
+    elif args.part == "recipe":
+        from pathlib import Path
+
+        from bench.gpu_recipe import part_recipe
+
+        out = part_recipe(args.dry_run, args.precision, Path(args.out_dir))
     else:
         from bench.gpu_vllm import part_vllm
 

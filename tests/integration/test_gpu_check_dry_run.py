@@ -1,6 +1,7 @@
 """bench/gpu_check.sh --dry-run: the one-shot GPU check's every part on CPU with tiny
 shapes and fp32 (matmul peak, megatron-core train steps with the FLOP count, tests/gpu
-collected, the vLLM part skipped), one results file. The GPU path itself is the same
+collected, the vLLM part skipped, `maestro train recipes/gpu_check.yaml` for 2 steps),
+one results file and one table. The GPU path itself is the same
 code with Llama-3-8B layer shapes and bf16 / FP8; it needs a GPU to run."""
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ def test_gpu_check_dry_run_writes_one_results_file(tmp_path):
     assert 0 < train["fraction_of_matmul_peak"] < 10  # tiny shapes: noise, not a figure
     assert "collected" in res["gpu_tests"]["summary"]
     assert "skipped" in res["vllm"]
+    recipe = res["recipe_fp32"]
+    assert "error" not in recipe, recipe
+    assert recipe["steps"] == 2 and recipe["step_s"] > 0 and recipe["refit_bytes"] > 0
+    assert recipe["logprob_gap_max"] < 1e-3  # the engine samples from the trained weights
+    assert recipe["engine_sleep_s"] is None  # vLLM on CPU has no sleep mode
+    assert "| recipe_fp32 | step_s " in proc.stdout
     assert "results:" in proc.stdout
 
 
