@@ -82,13 +82,32 @@ def _plan_flags(parser: argparse.ArgumentParser, given: argparse.Namespace | Non
                         metavar="GB", help="memory per GPU in GB (10^9 bytes; default 80)")
     parser.add_argument("--json", action="store_true", default=value.get("json", False),
                         help="print the plan as JSON (bytes per item, phase and GPU role)")
+    parser.add_argument("--step-seconds", type=float, default=value.get("step_seconds"),
+                        metavar="S", help="one step's seconds (a run's timing/step) for the "
+                        "stop lead time (default: 600, assumed)")
+    parser.add_argument("--stop-lead", action="store_true",
+                        default=value.get("stop_lead", False),
+                        help="print only the stop lead time in seconds (for sbatch --signal)")
+
+
+def _stop_lead(plan, recipe, args):
+    from maestro_megatron.plan.memory import dtype_bytes
+    from maestro_megatron.plan.stop_lead import ASSUMED_STEP_S, stop_lead
+
+    if args.step_seconds is not None and args.step_seconds < 0:
+        raise UserError(f"--step-seconds must be >= 0, got {args.step_seconds}")
+    return stop_lead(plan.model_parameters, dtype_bytes(recipe.precision.dtype),
+                     nodes=args.nodes, ranks=args.nodes * args.gpus_per_node,
+                     step_s=ASSUMED_STEP_S if args.step_seconds is None else args.step_seconds)
 
 
 def _cmd_plan(args) -> int:
+    import dataclasses
     import json
 
     from maestro_megatron.plan import format_plan, plan_recipe, plan_to_dict
     from maestro_megatron.plan.report import failure_message
+    from maestro_megatron.plan.stop_lead import format_stop_lead
 
     rest = argparse.ArgumentParser(prog="maestro plan RECIPE", add_help=False)
     _plan_flags(rest, args)  # flags may also follow the recipe, among the overrides
@@ -99,8 +118,16 @@ def _cmd_plan(args) -> int:
         raise UserError(f"--nodes and --gpus-per-node must be >= 1, got {args.nodes} and "
                         f"{args.gpus_per_node}")
     plan = plan_recipe(recipe, args.nodes, args.gpus_per_node, args.gpu_memory)
-    print(json.dumps(plan_to_dict(plan), indent=1) if args.json
-          else format_plan(plan, args.recipe), flush=True)
+    lead = _stop_lead(plan, recipe, args)
+    if args.stop_lead:
+        print(lead.seconds, flush=True)
+    elif args.json:
+        print(json.dumps({**plan_to_dict(plan), "stop_lead": {
+            **dataclasses.asdict(lead), "seconds": lead.seconds}}, indent=1), flush=True)
+    else:
+        *table, verdict_line = format_plan(plan, args.recipe).splitlines()
+        print("\n".join([*table, format_stop_lead(lead, args.step_seconds is not None),
+                         verdict_line]), flush=True)
     if not plan.fits:
         raise UserError(f"{args.recipe}: {failure_message(plan)}")
     return 0
