@@ -108,6 +108,16 @@ def check_sleep_tags(tags: Sequence[str] | None) -> None:
         raise ValueError(f"wake_up tags must be among {SLEEP_TAGS} (None: all), got {tags!r}")
 
 
+def check_awake(asleep: frozenset[str], call: str, needs: Sequence[str] = SLEEP_TAGS) -> None:
+    """Refuse `call` on an engine whose `needs` (among `SLEEP_TAGS`) are asleep: vLLM
+    would read freed or stale memory (generate on a sleeping KV cache, a refit into
+    sleeping weights) instead of failing."""
+    sleeping = sorted(set(needs) & asleep)
+    if sleeping:
+        raise RuntimeError(f"{call} on a sleeping engine ({', '.join(sleeping)} asleep): "
+                           f"wake_up({sleeping}) first")
+
+
 class RolloutEngine(abc.ABC):
     """A generation engine that can be refit in place with new policy weights.
 

@@ -26,6 +26,7 @@ from maestro_megatron.rollout.base import (
     RolloutEngine,
     RolloutGroup,
     SamplingConfig,
+    check_awake,
     check_sleep_level,
     check_sleep_tags,
 )
@@ -236,6 +237,7 @@ class VLLMEngine(RolloutEngine):
 
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        check_awake(self._asleep, "generate")
         params = [
             SamplingParams(
                 n=n, temperature=sampling.temperature, top_p=sampling.top_p,
@@ -270,6 +272,7 @@ class VLLMEngine(RolloutEngine):
         for ids, plen in zip(token_ids, prompt_lens):
             if not 1 <= plen <= len(ids):
                 raise ValueError(f"prompt_len {plen} outside [1, {len(ids)}]")
+        check_awake(self._asleep, "score_sequences")
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0,
                                 detokenize=False)
         with _engine_alive("score_sequences", self._watch):
@@ -300,6 +303,7 @@ class VLLMEngine(RolloutEngine):
         `refit_buffer`: each tensor byte is copied once, into memory that the workers
         map; a failed write (out of memory) closes the buffer and falls back to bytes,
         for this and every later bucket."""
+        check_awake(self._asleep, "refit", needs=["weights"])
         transport = self.refit_transport
         if transport == "cuda_ipc":
             return self._load_ipc_bucket(bucket)

@@ -70,7 +70,11 @@ def test_sleep_frees_the_engines_memory_and_wake_restores_it(engine):
     total = torch.cuda.mem_get_info()[1]
     # the KV cache (most of the engine's share) and the weights left the GPU
     assert freed > 0.5 * UTILIZATION * total, (freed, total)
+    with pytest.raises(RuntimeError, match="sleeping engine"):
+        _sample(engine)  # a generate on freed memory is refused, not served
     assert engine.wake_up(["weights"]) is True
+    with pytest.raises(RuntimeError, match="kv_cache asleep"):
+        _sample(engine)
     weights_back = free_awake + freed - _free()
     assert 0 <= weights_back < 0.1 * freed  # the tiny model's weights, not the KV cache
     assert engine.wake_up(["kv_cache"]) is True

@@ -13,7 +13,12 @@ from types import SimpleNamespace
 import pytest
 
 from maestro_megatron.config import ConfigError, load_recipe
-from maestro_megatron.rollout.base import SLEEP_TAGS, check_sleep_level, check_sleep_tags
+from maestro_megatron.rollout.base import (
+    SLEEP_TAGS,
+    check_awake,
+    check_sleep_level,
+    check_sleep_tags,
+)
 from maestro_megatron.rollout.bucket_io import refit_transport
 from maestro_megatron.trainer import loop
 from maestro_megatron.trainer.colocation import sleep_engine, wake_engine
@@ -44,6 +49,15 @@ def test_sleep_levels_and_wake_tags():
     for tags in ([], ["scheduling"], ["weights", "kv"]):
         with pytest.raises(ValueError, match="wake_up tags"):
             check_sleep_tags(tags)
+
+
+def test_a_sleeping_engine_refuses_to_generate_and_to_take_weights():
+    check_awake(frozenset(), "generate")
+    check_awake(frozenset({"kv_cache"}), "refit", needs=["weights"])  # weights woken first
+    with pytest.raises(RuntimeError, match=r"generate on a sleeping engine \(kv_cache asleep"):
+        check_awake(frozenset({"kv_cache"}), "generate")
+    with pytest.raises(RuntimeError, match=r"refit .*\(weights asleep\).*wake_up\(\['weights'\]\)"):
+        check_awake(frozenset(SLEEP_TAGS), "refit", needs=["weights"])
 
 
 def test_recipe_sleep_level(tmp_path):
