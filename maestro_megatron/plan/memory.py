@@ -175,6 +175,8 @@ class Plan:
     engine: EnginePlan | None
     reward_model: RewardModelShape | None
     assumptions: Assumptions = field(default_factory=Assumptions)
+    host_per_node: dict[str, int] = field(default_factory=dict)
+    """Host memory per node (average over nodes) for what leaves the GPUs: `host_bytes`."""
 
     def worst(self, phase: str) -> RoleMemory:
         return max(self.phases[phase], key=lambda r: r.total)
@@ -344,6 +346,22 @@ class _Items:
         return sum(items.values())
 
 
+def host_bytes(recipe: Recipe, role: GpuRole, stage_params: int,
+               reward_model: RewardModelShape | None) -> dict[str, int]:
+    """Host memory one GPU of `role` needs for what is moved off it: the engine's weights
+    at rollout.sleep_level 1 (vLLM keeps a host copy; level 2 discards them), the
+    reference with memory.offload_reference, the reward model's bf16 weights with
+    memory.offload_reward_model."""
+    ro, mem, y = recipe.rollout, recipe.memory, dtype_bytes(recipe.precision.dtype)
+    sft = recipe.run.algorithm == "sft"
+    level1 = ro.enable_sleep_mode and ro.sleep_level == 1 and not sft
+    return {"engine_weights": role.engines * engine_parameters_per_gpu(
+                recipe.model, ro.tensor_parallel) * y if level1 else 0,
+            "reference": stage_params * y if mem.offload_reference and not sft else 0,
+            "reward_model": 2 * reward_model.num_parameters
+            if role.reward_model and reward_model and mem.offload_reward_model else 0}
+
+
 def plan_memory(recipe: Recipe, layout: Layout, gpu_memory: int, *, transformer_impl: str,
                 reward_model: RewardModelShape | None,
                 assumptions: Assumptions | None = None) -> Plan:
@@ -363,10 +381,13 @@ def plan_memory(recipe: Recipe, layout: Layout, gpu_memory: int, *, transformer_
               if not (sft and p != "train") and not (p == "scoring" and reward_model is None)]
     out: dict[str, list[RoleMemory]] = {p: [] for p in phases}
     engine, stage_params = None, {}
+    host = {"engine_weights": 0, "reference": 0, "reward_model": 0}
     for role, count in sorted(roles.items(), key=lambda kv: (kv[0].pp_rank, -kv[0].engines,
                                                              not kv[0].reward_model)):
         items = _Items(recipe, layout, role, transformer_impl, reward_model, gpu_memory, assume)
         stage_params[role.pp_rank] = items.params.total
+        for key, size in host_bytes(recipe, role, items.params.total, reward_model).items():
+            host[key] += count * size
         for phase in phases:
             values = {k: v for k, v in items.phase(phase).items() if v}
             out[phase].append(RoleMemory(role, count, {k: values[k] for k in ITEMS
@@ -379,4 +400,5 @@ def plan_memory(recipe: Recipe, layout: Layout, gpu_memory: int, *, transformer_
     if engine is not None:
         engine = replace(engine, num_engines=num_engines(recipe, layout))
     return Plan(gpu_memory, layout, transformer_impl, model_parameters(recipe.model),
-                stage_params, out, engine, reward_model, assume)
+                stage_params, out, engine, reward_model, assume,
+                {k: v // layout.nodes for k, v in host.items() if v})

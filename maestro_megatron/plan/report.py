@@ -85,6 +85,13 @@ def _header(plan: Plan, name: str) -> list[str]:
     rm = plan.reward_model
     if rm is not None:
         lines.append(f"reward model: {rm.num_parameters:,} parameters ({rm.source})")
+    if plan.host_per_node:
+        names = {"engine_weights": "engine weights (sleep level 1)",
+                 "reference": "reference (offloaded)", "reward_model": "reward model (offloaded)"}
+        lines.append(f"host memory per node (average of {plan.layout.nodes}) for what leaves "
+                     "the GPUs: " + " + ".join(
+            f"{names[k]} {gb(v)} GB" for k, v in plan.host_per_node.items())
+            + f" = {gb(sum(plan.host_per_node.values()))} GB")
     return lines
 
 
@@ -135,7 +142,7 @@ def plan_to_dict(plan: Plan) -> dict:
             **asdict(eng), "kv_tokens": eng.kv_tokens,
             "max_length_sequences": eng.max_length_sequences, "startup_ok": eng.startup_ok},
         "reward_model": None if plan.reward_model is None else asdict(plan.reward_model),
-        "assumptions": asdict(plan.assumptions),
+        "assumptions": asdict(plan.assumptions), "host_per_node": plan.host_per_node,
         "peak": {"phase": phase, "label": label(row.role), "bytes": row.total},
         "fits": plan.fits, "verdict": verdict(plan),
     }

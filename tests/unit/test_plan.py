@@ -359,3 +359,19 @@ def test_engine_kv_cache_too_small_is_refused():
 
     assert "holds no 4096-token sequence" in verdict(plan)
     assert engine_parameters_per_gpu(load_recipe(R8).model, 2) * 2 == plan.engine.weights
+
+
+def test_host_memory_for_what_leaves_the_gpus():
+    """8B on 8 GPUs: engine TP 2 at sleep level 1 keeps each GPU's half of the bf16
+    weights on the host (8 x 8.19 GB), the offloaded reference its TP half (8 x 8.19 GB),
+    the offloaded 7.5B reward model 15 GB on each of the 4 TP-rank-0 GPUs; level 2 and
+    resident copies need no host memory."""
+    plan = plan_recipe(load_recipe(R8), 1, 8, 80.0)
+    half = 8_190_185_472 // 2 * 2  # the policy's parameters / TP 2, bf16
+    host = plan.host_per_node
+    assert host["engine_weights"] == pytest.approx(8 * half, rel=0.01)
+    assert host["reference"] == pytest.approx(8 * half, rel=0.01)
+    assert host["reward_model"] == 4 * 2 * plan.reward_model.num_parameters
+    level2 = plan_recipe(load_recipe(R8, ["rollout.sleep_level=2",
+                                          "memory.offload_reference=false"]), 1, 8, 80.0)
+    assert set(level2.host_per_node) == {"reward_model"}
