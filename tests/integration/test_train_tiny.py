@@ -164,13 +164,16 @@ FIRST_STEP_KEYS = ("reward/ppl", "reward/fmt", "reward/ent", "reward/len", "rewa
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("layout, from_warmup", [(["parallel.pipeline_parallel=2"], False),
-                                                 (["rollout.placement=replica"], True)],
-                         ids=["pp2", "dp2-two-engines"])
+@pytest.mark.parametrize("layout, from_warmup", [
+    (["parallel.pipeline_parallel=2", "rollout.placement=replica",
+      "rollout.engines_per_replica=2"], False),
+    (["rollout.placement=replica"], True)], ids=["pp2-engine-on-each-stage", "dp2-two-engines"])
 def test_first_step_matches_tp1(tiny_run, layout, from_warmup, tmp_path):
     """Same recipe and seed under torchrun (2 ranks): PP=2 gives the single-process
     run's first-step metrics, warm-up included (TP=2 is proven at the megatron level in
-    tests/distributed/test_layouts.py and test_grpo_step.py); so does DP=2 with one vLLM
+    tests/distributed/test_layouts.py and test_grpo_step.py), with two engines splitting
+    the groups, one on each stage: the stage-1 engine is refit from weights gathered
+    across the pipeline; so does DP=2 with one vLLM
     engine per replica (each samples its own groups with per-request seeds from the
     global prompt index: the same responses as one engine sampling all of them).
 
