@@ -1,8 +1,10 @@
 """HF safetensors <-> megatron-core torch_dist checkpoints (the two conversions).
 
 hf-to-megatron runs in 1 process or under torchrun/srun with TP*PP processes; each
-rank builds its (uninitialised) GPTModel shard, reads only its slices of the HF
-tensors, and ``dist_checkpointing.save`` writes the sharded checkpoint collectively.
+rank builds its GPTModel shard on the ``meta`` device (shapes, no memory) and
+``dist_checkpointing.save`` writes the sharded checkpoint collectively, each tensor
+read from the HF files (only this rank's slices) just before it is written and
+dropped after: the model is never in memory.
 megatron-to-hf runs in 1 process and reads one HF shard's worth of tensors at a time.
 """
 
@@ -44,8 +46,11 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
 
 
-def _build_model(cfg: ModelConfig, tp: int, pp: int, groups, dtype: torch.dtype):
-    """This rank's GPTModel shard: local spec, CPU, uninitialised memory, ``dtype``."""
+def build_model_shard(cfg: ModelConfig, tp: int, pp: int, groups, dtype: torch.dtype,
+                      device: str = "meta"):
+    """This rank's GPTModel shard: local spec, uninitialised, ``dtype``, on ``device``
+    (the converter's ``meta``: no memory; each tensor is read from the HF files as the
+    checkpoint is written)."""
     from maestro_megatron.config.schema import ParallelConfig, PrecisionConfig
     from maestro_megatron.megatron.model import build_gpt_model, build_transformer_config
 
@@ -55,8 +60,28 @@ def _build_model(cfg: ModelConfig, tp: int, pp: int, groups, dtype: torch.dtype)
     config.perform_initialization = False  # every weight is overwritten from HF
     config.use_cpu_initialization = True
     config.params_dtype = dtype
-    return [build_gpt_model(cfg, parallel, precision, pre_process=groups.is_first_stage,
-                            post_process=groups.is_last_stage, config=config)]
+    with torch.device(device):
+        return [build_gpt_model(cfg, parallel, precision, pre_process=groups.is_first_stage,
+                                post_process=groups.is_last_stage, config=config)]
+
+
+def _progress(sources: dict, show: bool) -> dict:
+    """``sources`` whose calls advance one tqdm bar (hf->megatron, parameters made)."""
+    if not show:
+        return sources
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(sources), desc="hf->megatron")
+
+    def counted(make):
+        def call():
+            out = make()
+            bar.update(1)
+            if bar.n == bar.total:
+                bar.close()
+            return out
+        return call
+    return {key: counted(make) for key, make in sources.items()}
 
 
 def hf_to_megatron(hf_dir: Path, out: Path, *, tp: int = 1, pp: int = 1, dtype: str = "auto",
@@ -71,7 +96,7 @@ def hf_to_megatron(hf_dir: Path, out: Path, *, tp: int = 1, pp: int = 1, dtype: 
     from maestro_megatron.config.schema import ParallelConfig
     from maestro_megatron.megatron.model import padded_vocab_size
     from maestro_megatron.megatron.parallel import destroy_distributed, init_distributed
-    from maestro_megatron.weights.model_io import import_hf_weights, save_megatron_checkpoint
+    from maestro_megatron.weights.model_io import hf_sources, save_megatron_checkpoint
 
     check_output(out)
     hf = hf_io.HFCheckpoint(hf_dir)
@@ -93,11 +118,10 @@ def hf_to_megatron(hf_dir: Path, out: Path, *, tp: int = 1, pp: int = 1, dtype: 
     writer = groups.rank == 0
     try:
         with atomic_output(out, is_writer=writer, distributed=True) as tmp:
-            chunks = _build_model(build_cfg, build_tp, build_pp, groups, torch_dtype)
-            import_hf_weights(chunks, hf, mapping, build_cfg, tp_rank=groups.tp_rank,
-                              tp_size=build_tp, padded_vocab=padded_vocab_size(cfg, tp),
-                              progress=progress and writer)
-            save_megatron_checkpoint(chunks, tmp)
+            chunks = build_model_shard(build_cfg, build_tp, build_pp, groups, torch_dtype)
+            sources = hf_sources(chunks, hf, mapping, build_cfg, tp_rank=groups.tp_rank,
+                                 tp_size=build_tp, padded_vocab=padded_vocab_size(cfg, tp))
+            save_megatron_checkpoint(chunks, tmp, _progress(sources, progress and writer))
             if writer:
                 _write_meta(tmp, mapping.architecture, cfg, hf.config, tp, pp, torch_dtype)
                 hf_io.copy_tokenizer_files(hf.path, tmp / ASSETS_DIR)

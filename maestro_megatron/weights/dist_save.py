@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import queue
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,17 +43,56 @@ class _Compact:
     """A file's (write item, tensor) pairs, each tensor made compact only as it is
     written: a view (e.g. one half of a SwiGLU fc1 weight) is copied into its own
     storage, as megatron-core's writer does up front, so ``torch.save`` writes the
-    view's elements and not its whole base tensor."""
+    view's elements and not its whole base tensor. With a `LazySource`, the tensors are
+    meta placeholders and each is made from the source just before it is written."""
 
-    def __init__(self, pairs: list) -> None:
-        self.pairs = pairs
+    def __init__(self, pairs: list, source: LazySource | None = None) -> None:
+        self.pairs, self.source = pairs, source
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __iter__(self):
         for item, tensor in self.pairs:
+            if self.source is not None:
+                tensor = self.source.tensor(item, tensor)
             yield item, _compact(tensor)
+
+
+class LazySource:
+    """The data of a model built on the ``meta`` device, made one tensor at a time while
+    the checkpoint is written (the converter: read from the HF files on demand).
+
+    ``make``: id(meta parameter) -> ``make(shape, storage_offset)``, the real tensor of
+    the parameter's view with that shape starting at that element (the parameter
+    itself: its shape and 0; a SwiGLU fc1 half: half the rows, at 0 or half way). A
+    write item names its tensor by key and global offset; `register` maps each
+    ShardedTensor of the state dict to the parameter and view it stands for. Nothing is
+    cached: each item's bytes exist only while it is written.
+    """
+
+    def __init__(self, make: dict[int, Callable[[tuple, int], torch.Tensor]]) -> None:
+        self.make = make
+        self.views: dict[tuple[str, tuple[int, ...]], tuple] = {}
+
+    def register(self, sharded_state_dict) -> None:
+        from megatron.core.dist_checkpointing.dict_utils import nested_values
+        from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+        for sh in nested_values(sharded_state_dict):
+            if not isinstance(sh, ShardedTensor) or not sh.data.is_meta:
+                continue
+            base = sh.data if sh.data._base is None else sh.data._base
+            if id(base) not in self.make or not sh.data.is_contiguous():
+                raise KeyError(f"{sh.key}: no source for its parameter, or not a row block")
+            self.views[(sh.key, tuple(sh.global_offset))] = (
+                id(base), tuple(sh.data.shape), sh.data.storage_offset())
+
+    def tensor(self, item, placeholder: torch.Tensor) -> torch.Tensor:
+        if not placeholder.is_meta:
+            return placeholder
+        base, shape, offset = self.views[(item.index.fqn, tuple(item.index.offset))]
+        return self.make[base](shape, offset).reshape(placeholder.shape)
 
 
 def _compact(tensor: torch.Tensor) -> torch.Tensor:
@@ -72,6 +112,8 @@ class InProcessWriter(FileSystemWriterAsync):
     no fork, and no up-front copy of the tensors that are views.
     """
 
+    source: LazySource | None = None
+
     def prepare_write_data(self, plan: SavePlan, planner: SavePlanner) -> None:
         """Split ``plan`` into this rank's files exactly as the parent does."""
         self.write_buckets = []
@@ -83,7 +125,7 @@ class InProcessWriter(FileSystemWriterAsync):
             raw = [pair for pair in data if pair[0].type == WriteItemType.BYTE_IO]
             tensors = [pair for pair in data if pair[0].type != WriteItemType.BYTE_IO]
             self.write_buckets.append((os.path.join(self.checkpoint_dir, name), name,
-                                       (raw, _Compact(tensors))))
+                                       (raw, _Compact(tensors, self.source))))
         self.results_queue = queue.Queue() if self.write_buckets else None
 
     def get_save_function_and_args(self):
@@ -117,15 +159,19 @@ class InProcessSaveStrategy(TorchDistSaveShardedStrategy):
     translation of the sharded state dict, the same planner and coordinator.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, source: LazySource | None = None) -> None:
         super().__init__("torch_dist", 1)
+        self.source = source
 
     def async_save(self, sharded_state_dict, checkpoint_dir: Path) -> AsyncRequest:
         """The parent's plan and finalisation, written by :class:`InProcessWriter`."""
+        if self.source is not None:
+            self.source.register(sharded_state_dict)
         sharded_state_dict, _, _ = _replace_state_dict_keys_with_sharded_keys(
             sharded_state_dict, self.keep_only_main_replica)
         pyt_state_dict = mcore_to_pyt_state_dict(sharded_state_dict, False)
         writer = InProcessWriter(checkpoint_dir, thread_count=self.thread_count)
+        writer.source = self.source
         planner = MCoreSavePlanner(dedup_replicated_tensors=not self.keep_only_main_replica,
                                    flatten_state_dict=False)
         planned = save_state_dict_async_plan(pyt_state_dict, writer, None, 0, planner=planner)

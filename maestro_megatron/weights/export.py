@@ -3,8 +3,9 @@
 No model and no process group: the checkpoint's metadata gives each key's global shape
 (layers stacked on axis 0, vocabulary padded, QKV interleaved, fc1 = [gate; up], whatever
 TP/PP wrote it), and one read per output shard fetches the per-layer boxes of its
-tensors (:mod:`~maestro_megatron.weights.dcp_read`). Peak memory: about two output
-shards (the megatron tensors being converted and the HF tensors being written).
+tensors (:mod:`~maestro_megatron.weights.dcp_read`). Each output file is written
+tensor by tensor as the reads come in, so the peak memory does not grow with the model
+or the shard size: about two read buckets, or two copies of the largest tensor.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from maestro_megatron.weights.mapping import DecoderMapping
 from maestro_megatron.weights.units import Unit, hf_shapes, to_hf
 
 _MODEL_ROOTS = ("embedding.", "decoder.", "output_layer.")
+READ_BUCKET_BYTES = 256 * 2**20
+"""Output bytes converted per checkpoint read: the peak memory is about twice this (the
+megatron tensors read and the HF tensors made of them) or twice the largest tensor."""
 
 
 def _expected_shape(unit: Unit, cfg: ModelConfig) -> tuple[int, ...]:
@@ -113,8 +117,11 @@ def _read_shard(ckpt: Path, units: list[Unit], meta: dict, prefix: str, cfg: Mod
 
 def export_shards(ckpt: Path, out: Path, mapping: DecoderMapping, cfg: ModelConfig, *,
                   dtype: torch.dtype | None, max_shard_bytes: int,
+                  read_bucket_bytes: int = READ_BUCKET_BYTES,
                   progress: bool = True) -> torch.dtype:
-    """Write ``out/model*.safetensors`` (+ index if > 1 shard). Returns the output dtype."""
+    """Write ``out/model*.safetensors`` (+ index if > 1 shard), each file streamed
+    (`hf_io.StreamingShard`) from reads of at most ``read_bucket_bytes`` of output
+    tensors (one unit at least). Returns the output dtype."""
     from tqdm import tqdm
 
     meta = tensor_metadata(ckpt)
@@ -130,12 +137,17 @@ def export_shards(ckpt: Path, out: Path, mapping: DecoderMapping, cfg: ModelConf
     weight_map: dict[str, str] = {}
     bar = tqdm(total=len(units), desc="megatron->hf", disable=not progress)
     for index, members in enumerate(shards):
-        tensors = _read_shard(ckpt, [units[i] for i in members], meta, prefix, cfg, out_dtype)
         file = hf_io.shard_file_name(index, len(shards))
-        hf_io.write_shard(out / file, tensors)
-        weight_map.update(dict.fromkeys(tensors, file))
-        bar.update(len(members))
-        del tensors
+        shard = hf_io.StreamingShard(out / file, [
+            (name, shape, out_dtype) for i in members
+            for name, shape in zip(units[i].hf_names, hf_shapes(units[i], cfg))])
+        for group in hf_io.plan_shards([sizes[i] for i in members], read_bucket_bytes):
+            chosen = [units[members[j]] for j in group]
+            for name, tensor in _read_shard(ckpt, chosen, meta, prefix, cfg, out_dtype).items():
+                shard.write(name, tensor)
+                weight_map[name] = file
+            bar.update(len(group))
+        shard.finish()
     bar.close()
     if len(shards) > 1:
         hf_io.write_index(out, weight_map, sum(sizes))

@@ -15,7 +15,7 @@ from maestro_megatron.megatron.model import unwrap_model
 from maestro_megatron.weights.errors import ConversionError
 from maestro_megatron.weights.hf_io import HFCheckpoint
 from maestro_megatron.weights.mapping import DecoderMapping
-from maestro_megatron.weights.units import read_megatron_shard
+from maestro_megatron.weights.units import read_fc1_half, read_megatron_shard
 
 VOCAB_KEYS = ("embedding.word_embeddings.weight", "output_layer.weight")
 
@@ -67,22 +67,60 @@ def import_hf_weights(model_chunks: list[torch.nn.Module], hf: HFCheckpoint,
     return count
 
 
+def hf_sources(model_chunks: list[torch.nn.Module], hf: HFCheckpoint, mapping: DecoderMapping,
+               cfg: ModelConfig, *, tp_rank: int, tp_size: int,
+               padded_vocab: int) -> dict[int, object]:
+    """id(parameter) -> ``make(shape, storage_offset)``: this rank's shard of the
+    parameter (or of the row block of it that starts at that element: a SwiGLU fc1 half)
+    read from ``hf`` in the parameter's dtype. The data of chunks built on the ``meta``
+    device, made while the checkpoint is written (`dist_save.LazySource`)."""
+    def reader(unit, param):
+        def make(shape: tuple, offset: int) -> torch.Tensor:
+            try:
+                if tuple(shape) == tuple(param.shape) and offset == 0:
+                    return read_megatron_shard(unit, hf.read, cfg, padded_vocab, tp_rank,
+                                               tp_size, out=torch.empty(shape, dtype=param.dtype))
+                if unit.kind == "fc1" and 2 * shape[0] == param.shape[0]:
+                    half = offset // (shape[0] * param.shape[1])
+                    return read_fc1_half(unit, hf.read, cfg, tp_rank, tp_size, half,
+                                         out=torch.empty(shape, dtype=param.dtype))
+            except ValueError as exc:
+                raise ConversionError(f"{unit.hf_names}: {exc} ({unit.param_name()})") \
+                    from None
+            raise ConversionError(f"{unit.param_name()}: no HF source for the block "
+                                  f"{list(shape)} at element {offset}")
+        return make
+
+    sources = {}
+    for chunk in model_chunks:
+        model = unwrap_model(chunk)
+        for unit, param in _targets(model, mapping, cfg):
+            sources[id(param)] = reader(unit, param)
+        missing = [n for n, p in model.named_parameters() if id(p) not in sources]
+        if missing:
+            raise ConversionError(f"no HF tensor maps to {missing}")
+    return sources
+
+
 def _sharded_state_dict(model_chunks: list[torch.nn.Module]) -> dict:
     if len(model_chunks) == 1:
         return unwrap_model(model_chunks[0]).sharded_state_dict()
     return {f"model{i}": unwrap_model(m).sharded_state_dict() for i, m in enumerate(model_chunks)}
 
 
-def save_megatron_checkpoint(model_chunks: list[torch.nn.Module], ckpt_dir: Path) -> None:
+def save_megatron_checkpoint(model_chunks: list[torch.nn.Module], ckpt_dir: Path,
+                             sources: dict | None = None) -> None:
     """``dist_checkpointing.save`` of the model weights (collective over all ranks),
-    each rank writing its files itself (:mod:`~maestro_megatron.weights.dist_save`)."""
+    each rank writing its files itself (:mod:`~maestro_megatron.weights.dist_save`).
+    sources: for chunks built on ``meta``, `hf_sources` (each tensor made as written)."""
     from megatron.core import dist_checkpointing
 
-    from maestro_megatron.weights.dist_save import InProcessSaveStrategy
+    from maestro_megatron.weights.dist_save import InProcessSaveStrategy, LazySource
 
     Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
+    strategy = InProcessSaveStrategy(LazySource(sources) if sources is not None else None)
     dist_checkpointing.save(_sharded_state_dict(model_chunks), str(ckpt_dir),
-                            sharded_strategy=InProcessSaveStrategy())
+                            sharded_strategy=strategy)
 
 
 @torch.no_grad()

@@ -157,6 +157,16 @@ def read_megatron_shard(unit: Unit, read: ReadSlice, cfg: ModelConfig, padded_vo
     return _into(out, read(unit.hf_names[0], None, 0, 0))
 
 
+def read_fc1_half(unit: Unit, read: ReadSlice, cfg: ModelConfig, tp_rank: int, tp_size: int,
+                  half: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Half ``half`` (0: gate, 1: up) of this TP rank's ``linear_fc1`` shard
+    [gate_r; up_r]: the rank's rows of that one HF tensor."""
+    if unit.kind != "fc1" or half not in (0, 1):
+        raise ValueError(f"no fc1 half {half} of a {unit.kind} unit")
+    step = Dims.of(cfg).ffn // tp_size
+    return _into(out, read(unit.hf_names[half], 0, tp_rank * step, (tp_rank + 1) * step))
+
+
 def _vocab_shard(unit: Unit, read: ReadSlice, dims: Dims, step: int, tp_rank: int,
                  out: torch.Tensor | None) -> torch.Tensor:
     """Rows [tp_rank * step, (tp_rank + 1) * step) of the padded vocabulary tensor."""
