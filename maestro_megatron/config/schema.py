@@ -484,6 +484,12 @@ class RunConfig:
     warnings and progress bars the default console hides (maestro_megatron/logs.py)."""
     keep_checkpoints: int = 2
     """Newest checkpoints kept (older ones are deleted)."""
+    async_save: bool = False
+    """Write checkpoints in the background (megatron-core's asynchronous torch_dist save):
+    the step goes on while a forked writer saves the state as it was at the save; the
+    checkpoint is hashed, named and made `latest` when the write has finished (checked at
+    each step's start; waited for before the next save, a stop and the end of the run).
+    Until then the previous checkpoint is the one a resume takes."""
     progress: bool = True
     """Progress bar with ETA on the logging rank."""
 

@@ -399,6 +399,11 @@ def plan_memory(recipe: Recipe, layout: Layout, gpu_memory: int, *, transformer_
                 engine = candidate
     if engine is not None:
         engine = replace(engine, num_engines=num_engines(recipe, layout))
+    if recipe.run.async_save:  # megatron's async save copies each rank's state to the host
+        from maestro_megatron.plan.stop_lead import checkpoint_bytes
+
+        host["checkpoint_staging"] = checkpoint_bytes(model_parameters(recipe.model),
+                                                      dtype_bytes(recipe.precision.dtype))
     return Plan(gpu_memory, layout, transformer_impl, model_parameters(recipe.model),
                 stage_params, out, engine, reward_model, assume,
                 {k: v // layout.nodes for k, v in host.items() if v})

@@ -87,7 +87,8 @@ def _header(plan: Plan, name: str) -> list[str]:
         lines.append(f"reward model: {rm.num_parameters:,} parameters ({rm.source})")
     if plan.host_per_node:
         names = {"engine_weights": "engine weights (sleep level 1)",
-                 "reference": "reference (offloaded)", "reward_model": "reward model (offloaded)"}
+                 "reference": "reference (offloaded)", "reward_model": "reward model (offloaded)",
+                 "checkpoint_staging": "checkpoint staging (run.async_save)"}
         lines.append(f"host memory per node (average of {plan.layout.nodes}) for what leaves "
                      "the GPUs: " + " + ".join(
             f"{names[k]} {gb(v)} GB" for k, v in plan.host_per_node.items())

@@ -279,15 +279,20 @@ def verify_checkpoint(ckpt: Path) -> None:
 def save_checkpoint(ckpt_root: Path, step: int, *, model_chunks, optimizer, scheduler,
                     groups: ParallelGroups, scalarizer, extra: dict,
                     generators: dict[str, torch.Generator] | None = None,
-                    sharding_type: str = DEFAULT_SHARDING) -> Path:
+                    sharding_type: str = DEFAULT_SHARDING, async_queue=None) -> Path:
     """Write the checkpoint after `step` policy steps; collective over all ranks.
 
     model_chunks: this rank's (DDP-wrapped) chunks; optimizer: megatron's optimizer;
     scheduler: `OptimizerParamScheduler`; scalarizer: the run's scalarizer (its
     `state_dict()` per DP rank; None on ranks without one); extra: JSON-able (data cursor,
     ...);
-    generators: caller-owned per-rank generators to restore on resume.
-    Returns the final directory; `latest` names it once this returns.
+    generators: caller-owned per-rank generators to restore on resume;
+    async_queue: megatron's `AsyncCallsQueue` for a background write (run.async_save):
+    the model and optimizer shards are written by a forked process from the state as it
+    is now; the RNG and scalarizer files and the metadata are taken now; hashing, the
+    manifest, the rename and `latest` happen when the queue finalizes the write.
+    Returns the final directory; `latest` names it once this returns (or, with
+    async_queue, once the write is finalized).
     """
     ckpt_root = Path(ckpt_root)
     name = checkpoint_name(step)
@@ -307,35 +312,44 @@ def save_checkpoint(ckpt_root: Path, step: int, *, model_chunks, optimizer, sche
     # Empty until here: megatron (rank 0) takes a non-empty directory for a crashed save
     # and warns "Overwriting old incomplete / corrupted checkpoint". Every rank passes
     # save's collectives only after rank 0's check, so the folders below come later.
-    dist_checkpointing.save(sharded, str(tmp),
-                            content_metadata={"format": FORMAT, "sharding_type": sharding_type})
-    fault_point("checkpoint_write")  # testing hook (MAESTRO_FAULT): a torn temp directory
+    request = dist_checkpointing.save(
+        sharded, str(tmp), content_metadata={"format": FORMAT, "sharding_type": sharding_type},
+        async_sharded_save=async_queue is not None)
     (tmp / "rng").mkdir(exist_ok=True)  # every rank: no extra collective, same contents
     (tmp / SCALARIZER_DIR).mkdir(exist_ok=True)
     torch.save(_rng_state(generators), tmp / "rng" / f"rank_{groups.rank:05d}.pt")
     if _writes_scalarizer(groups, scalarizer):
         torch.save({"name": scalarizer.name, "state": scalarizer.state_dict()},
                    tmp / SCALARIZER_DIR / f"dp_{groups.dp_rank:05d}.pt")
-    dist.barrier()
-    digests = _hash_files(tmp, list(_listing(tmp)))  # all written; each rank hashes its own
+    meta = {"format": FORMAT, "step": step, "extra": json.loads(extra_json),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "sharding_type": sharding_type, "num_model_chunks": len(model_chunks),
+            "world_size": groups.world_size,
+            "layout": {"tp_size": groups.tp_size, "pp_size": groups.pp_size,
+                       "dp_size": groups.dp_size, "cp_size": groups.cp_size,
+                       "vpp_size": groups.vpp_size}}
 
-    if leader:
-        meta = {"format": FORMAT, "step": step, "extra": json.loads(extra_json),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "sharding_type": sharding_type, "num_model_chunks": len(model_chunks),
-                "world_size": groups.world_size,
-                "layout": {"tp_size": groups.tp_size, "pp_size": groups.pp_size,
-                           "dp_size": groups.dp_size, "cp_size": groups.cp_size,
-                           "vpp_size": groups.vpp_size}}
-        atomic_write_text(tmp / META, json.dumps(meta, indent=1))
-        _write_manifest(tmp, digests)  # last: a directory with a manifest is complete
-        if final.exists():  # re-saving a step (e.g. after a resume): replace it whole
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(ckpt_root)
-        atomic_write_text(ckpt_root / LATEST, name + "\n")
-        fault_point("after_latest")
-    dist.barrier()
+    def finish() -> None:
+        """All ranks, once every shard is written: hash, manifest, rename, `latest`."""
+        fault_point("checkpoint_write")  # testing hook (MAESTRO_FAULT): a torn temp directory
+        dist.barrier()
+        digests = _hash_files(tmp, list(_listing(tmp)))  # all written; each rank its own
+        if leader:
+            atomic_write_text(tmp / META, json.dumps(meta, indent=1))
+            _write_manifest(tmp, digests)  # last: a directory with a manifest is complete
+            if final.exists():  # re-saving a step (e.g. after a resume): replace it whole
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(ckpt_root)
+            atomic_write_text(ckpt_root / LATEST, name + "\n")
+            fault_point("after_latest")
+        dist.barrier()
+
+    if async_queue is None:
+        finish()
+    else:
+        request.add_finalize_fn(finish)
+        async_queue.schedule_async_request(request)
     return final
 
 
@@ -512,9 +526,25 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_step(state, step: int) -> None:
-    """The run's checkpoint after `step` (a `setup.RunState`), then prune old ones."""
+    """The run's checkpoint after `step` (a `setup.RunState`), then prune old ones; with
+    run.async_save the write goes on in the background (`finish_saves`)."""
+    queue = None
+    if state.recipe.run.async_save:
+        finish_saves(state)  # one background write at a time
+        queue = state.async_saves
     save_checkpoint(state.ckpt_root, step, model_chunks=state.models.policy,
                     optimizer=state.optimizer, scheduler=state.scheduler, groups=state.groups,
-                    scalarizer=state.scalarizer, extra={"data": state.stream.state_dict()})
-    if state.groups.rank == 0:
+                    scalarizer=state.scalarizer, extra={"data": state.stream.state_dict()},
+                    async_queue=queue)
+    if queue is None and state.groups.rank == 0:
+        prune_checkpoints(state.ckpt_root, state.recipe.run.keep_checkpoints)
+
+
+def finish_saves(state, blocking: bool = True) -> None:
+    """Finalize background checkpoint writes (run.async_save) that are done (blocking:
+    wait for all), then prune; collective over all ranks. A no-op without async_save."""
+    queue = state.async_saves
+    if queue is None or not queue.get_num_unfinalized_calls():
+        return
+    if queue.maybe_finalize_async_calls(blocking=blocking) and state.groups.rank == 0:
         prune_checkpoints(state.ckpt_root, state.recipe.run.keep_checkpoints)

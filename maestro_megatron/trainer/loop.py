@@ -19,7 +19,7 @@ from maestro_megatron.data.packing import SequenceBatch, minibatch_rows
 from maestro_megatron.megatron.train_step import grpo_train_step
 from maestro_megatron.rollout import SamplingConfig, refit_policy
 from maestro_megatron.scalarizers import sequence_kl, step_uniforms
-from maestro_megatron.trainer.checkpoint import save_step
+from maestro_megatron.trainer.checkpoint import finish_saves, save_step
 from maestro_megatron.trainer.colocation import sleep_engine, wake_engine
 from maestro_megatron.trainer.engine_share import share_rollouts
 from maestro_megatron.trainer.faults import enter_step, fault_point
@@ -86,10 +86,12 @@ def train(recipe: Recipe) -> Path | None:
                 if step < recipe.run.num_steps and stop.poll():
                     if not saved:
                         save_step(state, step)
+                    finish_saves(state)  # a background write is named before the exit
                     if state.groups.rank == 0:
                         print(f"stopped after step {step} as requested: checkpoint saved; "
                               "the same command resumes", flush=True)
                     return None
+            finish_saves(state)  # before the children (a background writer) are stopped
         finally:
             stop.close()
             if state is not None:
@@ -105,6 +107,7 @@ def run_step(state: RunState, step: int) -> bool:
     recipe, groups, models = state.recipe, state.groups, state.models
     timer, start, metrics = Timer(step), time.perf_counter(), {}
     enter_step(step)  # the step MAESTRO_FAULT's testing hooks compare (trainer/faults.py)
+    finish_saves(state, blocking=False)  # run.async_save: name the writes that are done
     with timer("rollout"):
         local = rollout_step(state, step)
     sleep_engine(state.engine, recipe.rollout.sleep_level, timer)  # trainer/colocation.py

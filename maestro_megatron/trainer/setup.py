@@ -47,6 +47,8 @@ class RunState:
     prompts_per_rank: int
     share: object = None
     """This rank's `engine_share.RolloutShare`: the engines of its unit and their group."""
+    async_saves: object = None
+    """run.async_save: megatron-core's `AsyncCallsQueue` of background checkpoint writes."""
 
     @property
     def device(self) -> torch.device:
@@ -192,5 +194,11 @@ def setup_run(recipe: Recipe) -> RunState:
     writer = RunWriter(run_dir, recipe_to_dict(recipe), enabled=logger,
                        total_steps=run.num_steps, start_step=start_step, progress=run.progress,
                        overwrite=run.overwrite)
+    saves = None
+    if run.async_save:
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        saves = AsyncCallsQueue()
     return RunState(recipe, groups, run_dir, models, optimizer, scheduler, scalarizer, sync,
-                    stream, task_index, start_step, scorer, engine, writer, per_rank, share)
+                    stream, task_index, start_step, scorer, engine, writer, per_rank, share,
+                    saves)
