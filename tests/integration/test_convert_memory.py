@@ -5,9 +5,11 @@ each in a fresh process whose own peak resident set (`getrusage`) is measured.
 
 Before the converter streamed, the same run peaked at 5.87 GB (hf-to-megatron: the
 whole model in memory, the HF files mapped) and 2.64 GB (megatron-to-hf: a 5 GB output
-shard assembled in memory). The bound, 0.5 x the model's bytes, is about twice what
-the streaming converter measures here (0.75 / 0.83 GB, of which ~0.47 GB is the
-imported libraries), and below what any converter holding the model once could reach.
+shard assembled in memory). The streaming converter measures 0.75-0.89 GB alone on
+the machine and up to 1.21 GB in the full test suite (0.47 GB of it the imported
+libraries; the rest is the largest tensor twice, 0.26 GB, plus what the allocator
+keeps, which varies with the machine's state). The bound, 0.6 x the model's bytes
+(1.35 GB), is below what any converter holding the model once could reach.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def test_peak_memory_stays_well_below_the_model_size(tmp_path):
     hf = write_random_hf(tmp_path / "hf", PRESETS["llama-1b"], shard_bytes=10**9)
     model_bytes = sum(f.stat().st_size for f in hf.glob("*.safetensors"))
     assert model_bytes > 2.2e9 and len(list(hf.glob("*.safetensors"))) == 3
-    bound = 0.5 * model_bytes
+    bound = 0.6 * model_bytes
 
     to_megatron = _convert("hf-to-megatron", "--hf", str(hf), "--out", str(tmp_path / "meg"),
                            "--tp", "2")
