@@ -170,11 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=150)
     p.set_defaults(func=_cmd_bandit)
+    from maestro_megatron.data.build import add_data_parser
     from maestro_megatron.eval.cli import add_eval_parser
     from maestro_megatron.weights.cli import add_convert_parser
 
     add_eval_parser(sub)
     add_convert_parser(sub)
+    add_data_parser(sub)
     p = sub.add_parser("check-recipe", help="load, validate and print a resolved recipe")
     p.add_argument("recipe")
     p.add_argument("--get", default=None, metavar="KEY",

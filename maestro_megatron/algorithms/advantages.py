@@ -51,6 +51,22 @@ def batch_whitened(scores: torch.Tensor, *, eps: float = 1e-6,
     return out.to(scores.dtype)
 
 
+def rloo_advantages(scores: torch.Tensor) -> torch.Tensor:
+    """A[i, j] = R[i, j] - mean of the OTHER G - 1 rewards of group i (leave-one-out
+    baseline; EM-RL's estimator) = G / (G - 1) x (R[i, j] - mean_j R[i, :]).
+    scores: [N, G] -> [N, G]; a group of one gets 0."""
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be [N, G], got shape {tuple(scores.shape)}")
+    g = scores.shape[1]
+    if g < 2:
+        return torch.zeros_like(scores)
+    return (scores - scores.mean(dim=1, keepdim=True)) * (g / (g - 1))
+
+
+def _rloo(scores, *, eps, normalize_std, reduce_sum=None):
+    return rloo_advantages(scores)
+
+
 def _grpo(scores, *, eps, normalize_std, reduce_sum=None):
     return group_advantages(scores, eps=eps, normalize_std=normalize_std)
 
@@ -59,4 +75,5 @@ def _gdpo(scores, *, eps, normalize_std, reduce_sum=None):
     return batch_whitened(scores, eps=eps, reduce_sum=reduce_sum)
 
 
-ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {"grpo": _grpo, "gdpo": _gdpo}
+ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {"grpo": _grpo, "gdpo": _gdpo,
+                                                                "rloo": _rloo}

@@ -175,7 +175,8 @@ class GRPOConfig:
     """Divide advantages by the group std (False: Dr.GRPO)."""
     advantage_estimator: str = "grpo"
     """Advantage registry name: grpo (group-relative) | gdpo (R from group-normalised
-    components, then whitened over the whole batch; arXiv 2601.05242)."""
+    components, then whitened over the whole batch; arXiv 2601.05242) | rloo (R minus
+    the mean of the group's other responses; EM-RL)."""
     adv_eps: float = 1e-6
     """Epsilon in the advantage denominator."""
     lr: float = 1e-5
@@ -286,6 +287,9 @@ class RewardsConfig:
     """Active components in order (names from the reward registry)."""
     normalization: str = "group"
     """Per-component normalisation before weighting: group | batch | none."""
+    std_eps: float = 0.0
+    """Added to the std that normalisation divides by (0: exact std, a component with
+    std 0 gives 0; GDPO's code: 1e-4)."""
     on_nonfinite: str = "error"
     """A component that returns NaN/inf for a response (or a scorer that raises):
     error (stop, naming the component and the sample) | skip (that response gets

@@ -122,6 +122,7 @@ def validate_recipe(recipe: Recipe) -> None:
     for name in r.components:
         _one_of(name, set(REWARDS), "rewards.components")
     _one_of(r.normalization, {"group", "batch", "none"}, "rewards.normalization")
+    _check(r.std_eps >= 0, "rewards.std_eps", f"must be >= 0, got {r.std_eps}")
     _one_of(r.ent.mode, {"maximize", "minimize", "target"}, "rewards.ent.mode")
     _one_of(r.ppl.proxy, {"reference", "policy"}, "rewards.ppl.proxy")
     from maestro_megatron.rewards import NEEDS_SCORER, reward_needs

@@ -119,3 +119,28 @@ def format_counts(counts: Sequence[BenchmarkCounts]) -> str:
                  f"{sum(c.kept for c in counts):>6}{sum(c.duplicate for c in counts):>9}"
                  f"{sum(c.held_out for c in counts):>17}")
     return "\n".join(lines)
+
+
+def add_data_parser(subparsers) -> None:
+    """``maestro data build --nover DIR --out FILE [--files STEM ...]``."""
+    parser = subparsers.add_parser("data", help="build training data from benchmark files")
+    sub = parser.add_subparsers(dest="data_command", required=True)
+    p = sub.add_parser("build", help="the paper's training set from NOVER's CSVs: train "
+                       "rows only, de-duplicated, nothing of a validation or test split")
+    p.add_argument("--nover", type=Path, required=True,
+                   help="directory of NOVER's CSVs (nr.csv, gt.csv, webit.csv, ssgen.csv, "
+                        "emobench.csv, tombench.csv, opus_books_all_pairs.csv)")
+    p.add_argument("--out", type=Path, required=True, help="training JSONL to write")
+    p.add_argument("--files", nargs="*", default=None, metavar="STEM",
+                   help="only these files (stems; default: every NOVER file present)")
+    p.set_defaults(func=_cmd_build)
+
+
+def _cmd_build(args) -> int:
+    records, counts = build_training_set(nover_files(args.nover, args.files))
+    if not records:
+        raise DataError(f"{args.nover}: no train rows left to write")
+    write_jsonl(records, args.out)
+    print(format_counts(counts), flush=True)
+    print(f"wrote {len(records)} training prompts to {args.out}", flush=True)
+    return 0

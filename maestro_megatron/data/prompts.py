@@ -23,8 +23,9 @@ releases of the paper's seven benchmarks are tried (``ALIASES``, in this order):
   ``answer``, ``category``), GeneralThought (``question``, ``reference_answer``,
   ``model_answer``, ``question_source``). These three and OPUS-Books follow the
   dataset cards as remembered; they were NOT re-checked against the files offline.
-- ``ss_gen`` (SS-GEN; BEST GUESS, its release's schema was not available offline):
-  ``title`` + ``story`` / ``content`` / ``social_story`` (+ ``chapter`` / ``theme``).
+- ``ss_gen`` (SS-GEN; its release's jsonl: ``id, chapter, explanation, title,
+  story_content``): ``title`` + ``story_content`` (also ``story`` / ``content`` /
+  ``social_story``) (+ ``chapter`` / ``theme``).
 - ``instruction``: generic Alpaca-style ``instruction`` (+ ``input``) + ``output`` (also
   a guess for an SS-GEN fine-tuning split).
 
@@ -153,7 +154,7 @@ def _question(row: Row) -> Adapted | None:
 
 
 def _ss_gen(row: Row) -> Adapted | None:
-    story = _first(row, "story", "content", "social_story")
+    story = _first(row, "story_content", "story", "content", "social_story")
     if "title" not in row or story is None:
         return None
     theme = _first(row, "chapter", "theme")

@@ -10,6 +10,12 @@
   names ("B", "(B)", "B. text", "The answer is B") or the option whose text it repeats,
   compared with the reference's letter (the reference itself, or the option of the
   prompt whose text equals the reference). None when either side names no option.
+  Options are listed as "A. text", "A) text" or "A: text" (NOVER's EmoBench). A
+  reference with labelled parts ("Emotion: F: Oblivious, Cause: A: ...", EmoBench's
+  emotion-understanding questions in NOVER's file) matches only when the answer names
+  every part's letter.
+- `chrf`: sentence chrF (sacrebleu's CHRF: character 6-grams, beta 2) of the answer
+  against the reference, as a fraction 0..1, for translation.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from maestro_megatron.scorers.base import ANSWER_PATTERN
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
-_OPTION_LINE = re.compile(r"^\s*\(?([A-J])[.)]\s+(.+?)\s*$", re.MULTILINE)
+_OPTION_LINE = re.compile(r"^\s*\(?([A-J])[.):]\s+(.+?)\s*$", re.MULTILINE)
 _LETTER_ONLY = re.compile(r"^\(?([A-J])\)?[.):]?$", re.IGNORECASE)
 _LETTER_LEAD = re.compile(r"^\(?([A-J])[.):]\s", re.IGNORECASE)
 _LETTER_PHRASE = re.compile(r"\b(?:answer|option|choice)\s*(?:is|:)?\s*\(?((?-i:[A-J]))\b\)?",
@@ -52,10 +58,15 @@ def _as_number(text: str) -> float | None:
     return None
 
 
-def exact_match(answer: str, reference: str | None) -> bool | None:
-    """Normalised match of answer and reference; None without a reference."""
+def exact_match(answer: str, reference: str | None, prompt: str = "") -> bool | None:
+    """Normalised match of answer and reference; None without a reference. A reference
+    that is an option letter ("B", "(B)"; GeneralThoughts' and WebInstruct's
+    multiple-choice rows) is matched as a letter: `option_match` against `prompt`."""
     if reference is None or not reference.strip():
         return None
+    letter = _LETTER_REFERENCE.fullmatch(reference.strip())
+    if letter:
+        return answer_letter(answer, prompt_options(prompt)) == letter.group(1)
     a, r = _as_number(answer), _as_number(reference)
     if a is not None and r is not None:
         return a == r
@@ -85,13 +96,50 @@ def answer_letter(answer: str, options: dict[str, str] | None = None) -> str | N
     return None
 
 
+_LETTER_REFERENCE = re.compile(r"\(?([A-J])\)?[.)]?")
+_LABELLED = re.compile(r"\b([A-Za-z]+)\s*:\s*\(?([A-J])\)?(?![A-Za-z])")
+_PART = re.compile(r"\b([A-Z][a-z]+)\s*:\s*\(?([A-J])\)?\s*[:.)]", re.MULTILINE)
+_BARE_LETTER = re.compile(r"(?<![A-Za-z])\(?([A-J])\)?(?![A-Za-z])")
+
+
+def reference_parts(reference: str) -> dict[str, str]:
+    """{label: letter} of a reference with labelled parts ("Emotion: F: ..., Cause: A:
+    ..."), empty for any other reference."""
+    parts = {m.group(1).lower(): m.group(2) for m in _PART.finditer(reference)}
+    return parts if len(parts) >= 2 else {}
+
+
+def parts_match(answer: str, parts: dict[str, str]) -> bool:
+    """The answer names every part's letter: by label ("Emotion: F ... Cause: A"), else
+    as exactly len(parts) bare letters in the parts' order ("F, A")."""
+    labelled = {k.lower(): v for k, v in _LABELLED.findall(answer)}
+    if all(k in labelled for k in parts):
+        return all(labelled[k] == v for k, v in parts.items())
+    letters = _BARE_LETTER.findall(answer)
+    return letters == list(parts.values())
+
+
 def option_match(answer: str, reference: str | None, prompt: str) -> bool | None:
-    """Letter of the answer == letter of the reference; None when the reference names no
-    option of the prompt (e.g. EmoBench's two-part emotion + cause reference)."""
+    """Letter of the answer == letter of the reference (every letter, for a reference
+    with labelled parts); None when the reference names no option of the prompt."""
     if reference is None:
         return None
+    parts = reference_parts(reference)
+    if parts:
+        return parts_match(answer, parts)
     options = prompt_options(prompt)
     want = answer_letter(reference, options)
     if want is None:
         return None
     return answer_letter(answer, options) == want
+
+
+def chrf(answer: str, reference: str | None) -> float | None:
+    """sacrebleu's sentence chrF of `answer` against `reference` as a fraction (its
+    0..100 score / 100, so tables print it like the accuracies); None without a
+    reference."""
+    if reference is None or not reference.strip():
+        return None
+    from sacrebleu.metrics import CHRF
+
+    return float(CHRF().sentence_score(answer, [reference]).score) / 100

@@ -24,8 +24,9 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                    "instead of --data")
     p.add_argument("--out", default=None, help="output directory (default "
                    "MODEL/eval/<data>-<split>)")
-    p.add_argument("--metric", choices=("exact", "option"), default=None,
-                   help="judge-free metric of the table (option: multiple-choice letter)")
+    p.add_argument("--metric", choices=("exact", "option", "chrf"), default=None,
+                   help="judge-free metric of the table (option: multiple-choice letter; "
+                   "chrf: sentence chrF, for translation)")
     p.add_argument("--limit", type=int, default=None, help="first N rows only")
     p.add_argument("--pref", action="store_true",
                    help="also score r_pref (the recipe's preference scorer; default MiniLM)")

@@ -2,8 +2,9 @@
 
 A sample is one response (prompt row x sample index) as a dict (a samples.jsonl row).
 Judge-free fields: ``exact_match`` and ``option_match`` (None without a reference or
-an option), ``format`` (the recipe's fmt pattern, fullmatch), ``truncated``, ``pref``
-(None unless asked). Judge field: ``judge`` in {"correct", "incorrect",
+an option), ``chrf`` (sentence chrF as a fraction, None without a reference),
+``format`` (the recipe's fmt pattern, fullmatch), ``truncated``, ``pref`` (None unless
+asked). Judge field: ``judge`` in {"correct", "incorrect",
 "unparseable", "error", "no_reference", "off"}.
 
 Accuracies are means over the samples that HAVE the score, with a 95% percentile
@@ -17,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from maestro_megatron.eval.answers import exact_match, extract_answer, option_match
+from maestro_megatron.eval.answers import chrf, exact_match, extract_answer, option_match
 from maestro_megatron.eval.bootstrap import bootstrap_mean
 
 JUDGE_STATES = ("correct", "incorrect", "unparseable", "error", "no_reference", "off")
@@ -29,8 +30,9 @@ def judge_free(prompt: str, reference: str | None, response: str, *, answer_patt
     answer = extract_answer(response, answer_pattern)
     return {"answer": answer,
             "format": re.fullmatch(format_pattern, response, flags=re.DOTALL) is not None,
-            "exact_match": exact_match(answer, reference),
-            "option_match": option_match(answer, reference, prompt)}
+            "exact_match": exact_match(answer, reference, prompt),
+            "option_match": option_match(answer, reference, prompt),
+            "chrf": chrf(answer, reference)}
 
 
 def _interval(values: Sequence[bool | float], seed: int) -> dict | None:
@@ -45,10 +47,12 @@ def summarize(samples: Sequence[dict], *, seed: int = 0) -> dict:
     em = [s["exact_match"] for s in samples if s["exact_match"] is not None]
     opt = [s["option_match"] for s in samples if s["option_match"] is not None]
     pref = [s["pref"] for s in samples if s.get("pref") is not None]
+    chrfs = [s["chrf"] for s in samples if s.get("chrf") is not None]
     n = len(samples)
     return {
         "exact_match": _interval(em, seed),
         "option_match": _interval(opt, seed),
+        "chrf": _interval(chrfs, seed),
         "judge_accuracy": _interval(verdicts, seed),
         "format_rate": sum(s["format"] for s in samples) / n if n else None,
         "pref_mean": sum(pref) / len(pref) if pref else None,
@@ -71,7 +75,7 @@ def headline(block: dict, metric: str, judged: bool) -> dict | None:
     gave no parseable verdict), else the judge-free metric ("exact" or "option")."""
     if judged:
         return block["judge_accuracy"]
-    return block["option_match" if metric == "option" else "exact_match"]
+    return block[{"option": "option_match", "chrf": "chrf"}.get(metric, "exact_match")]
 
 
 def by_task(samples: Sequence[dict], *, seed: int = 0) -> dict[str, dict]:

@@ -166,8 +166,8 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, split: str | 
     from maestro_megatron.eval.source import resolve_source, run_recipe
     from maestro_megatron.eval.verdict import load_template
 
-    if metric not in ("exact", "option"):
-        raise UserError(f"--metric must be exact or option, got {metric!r}")
+    if metric not in ("exact", "option", "chrf"):
+        raise UserError(f"--metric must be exact, option or chrf, got {metric!r}")
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1, got {limit}")
     if generation is not None and generation.samples < 1:

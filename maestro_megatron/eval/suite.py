@@ -7,7 +7,7 @@ File keys (anything else is refused, naming the key):
                seed, max_model_len); CLI flags given explicitly win
   data_root:   directory the benchmark paths are relative to (relative to the file's
                directory when itself relative; $MAESTRO_EVAL_DATA overrides it)
-  benchmarks:  list of {name, data, split, metric (exact | option), limit}
+  benchmarks:  list of {name, data, split, metric (exact | option | chrf), limit}
 Every file is checked to exist before the first model load. Results:
 MODEL/eval/<name>/ per benchmark and MODEL/eval/suite.json (the headline per benchmark).
 """
@@ -25,6 +25,7 @@ from maestro_megatron.errors import UserError
 
 TOP_KEYS = {"judge", "generation", "data_root", "benchmarks"}
 BENCH_KEYS = {"name", "data", "split", "metric", "limit"}
+METRICS = ("exact", "option", "chrf")
 
 
 def load_suite(path: str | Path) -> dict:
@@ -48,8 +49,9 @@ def load_suite(path: str | Path) -> dict:
         bad = set(bench) - BENCH_KEYS
         if bad:
             raise UserError(f"{where}: unknown key(s) {sorted(bad)}")
-        if bench.get("metric", "exact") not in ("exact", "option"):
-            raise UserError(f"{where}.metric: {bench['metric']!r} is not exact or option")
+        if bench.get("metric", "exact") not in METRICS:
+            raise UserError(f"{where}.metric: {bench['metric']!r} is not one of "
+                            f"{', '.join(METRICS)}")
         bench["data"] = os.path.normpath(root / bench["data"])
     return spec
 

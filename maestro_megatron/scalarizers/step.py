@@ -65,7 +65,8 @@ def scalarize_step(scalarizer: Scalarizer, rewards: torch.Tensor, *,
                    logprobs: torch.Tensor | None,
                    ref_logprobs: torch.Tensor, response_mask: torch.Tensor,
                    h: torch.Tensor | None, step: int, uniforms: torch.Tensor, grpo,
-                   normalization: str = "group", tasks: tuple[str, ...] = (),
+                   normalization: str = "group", std_eps: float = 0.0,
+                   tasks: tuple[str, ...] = (),
                    task_ids: torch.Tensor | None = None,
                    reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
                    ) -> Scalarized:
@@ -89,7 +90,7 @@ def scalarize_step(scalarizer: Scalarizer, rewards: torch.Tensor, *,
         filled = torch.where(ok, grouped, torch.nan_to_num(means, nan=0.0).expand_as(grouped))
         rewards = filled.view(-1, k)
     normalised = normalize_components(rewards.view(-1, g, k), normalization,
-                                      reduce_sum).view(-1, k)
+                                      reduce_sum, std_eps).view(-1, k)
     ctx = ScalarizerContext(step=step, rewards=rewards, normalized=normalised,
                             uniforms=uniforms, group_size=g, tasks=tuple(tasks),
                             task_ids=task_ids, h=h)

@@ -157,6 +157,7 @@ def learn_step(state: RunState, step: int, local, timer: Timer, metrics: dict):
                 ref_logprobs=fwd.reference.logprobs, response_mask=fwd.sequences.response_mask,
                 h=fwd.policy.h if policy_first else None, step=step, grpo=g,
                 normalization=recipe.rewards.normalization,
+                std_eps=recipe.rewards.std_eps,
                 uniforms=step_uniforms(recipe.scalarizer.seed, step,
                                        g.num_prompts_per_step * g.group_size,
                                        groups.dp_rank * state.prompts_per_rank * g.group_size,

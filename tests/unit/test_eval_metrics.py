@@ -170,7 +170,7 @@ def test_judge_free_fields():
                         answer_pattern=r"<answer>(.*?)</answer>",
                         format_pattern=r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*")
     assert fields == {"answer": "12", "format": True, "exact_match": True,
-                      "option_match": None}
+                      "option_match": None, "chrf": 1.0}
 
 
 def test_outputs_are_written_atomically(tmp_path):
