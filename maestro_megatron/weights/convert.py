@@ -65,25 +65,6 @@ def build_model_shard(cfg: ModelConfig, tp: int, pp: int, groups, dtype: torch.d
                                 post_process=groups.is_last_stage, config=config)]
 
 
-def _progress(sources: dict, show: bool) -> dict:
-    """``sources`` whose calls advance one tqdm bar (hf->megatron, parameters made)."""
-    if not show:
-        return sources
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(sources), desc="hf->megatron")
-
-    def counted(make):
-        def call():
-            out = make()
-            bar.update(1)
-            if bar.n == bar.total:
-                bar.close()
-            return out
-        return call
-    return {key: counted(make) for key, make in sources.items()}
-
-
 def hf_to_megatron(hf_dir: Path, out: Path, *, tp: int = 1, pp: int = 1, dtype: str = "auto",
                    make_vocab_size_divisible_by: int = 128, progress: bool = True) -> Path:
     """Convert an HF directory into a torch_dist checkpoint laid out for TP=tp, PP=pp.
@@ -121,7 +102,7 @@ def hf_to_megatron(hf_dir: Path, out: Path, *, tp: int = 1, pp: int = 1, dtype: 
             chunks = build_model_shard(build_cfg, build_tp, build_pp, groups, torch_dtype)
             sources = hf_sources(chunks, hf, mapping, build_cfg, tp_rank=groups.tp_rank,
                                  tp_size=build_tp, padded_vocab=padded_vocab_size(cfg, tp))
-            save_megatron_checkpoint(chunks, tmp, _progress(sources, progress and writer))
+            save_megatron_checkpoint(chunks, tmp, sources, progress=progress and writer)
             if writer:
                 _write_meta(tmp, mapping.architecture, cfg, hf.config, tp, pp, torch_dtype)
                 hf_io.copy_tokenizer_files(hf.path, tmp / ASSETS_DIR)

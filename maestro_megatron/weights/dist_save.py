@@ -68,12 +68,22 @@ class LazySource:
     itself: its shape and 0; a SwiGLU fc1 half: half the rows, at 0 or half way). A
     write item names its tensor by key and global offset; `register` maps each
     ShardedTensor of the state dict to the parameter and view it stands for. Nothing is
-    cached: each item's bytes exist only while it is written.
+    cached: each item's bytes exist only while it is written. progress: a tqdm bar over
+    the tensors this rank writes (`expect` sets its length once the files are planned).
     """
 
-    def __init__(self, make: dict[int, Callable[[tuple, int], torch.Tensor]]) -> None:
-        self.make = make
+    def __init__(self, make: dict[int, Callable[[tuple, int], torch.Tensor]],
+                 progress: bool = False) -> None:
+        self.make, self.progress = make, progress
         self.views: dict[tuple[str, tuple[int, ...]], tuple] = {}
+        self._bar = None
+
+    def expect(self, count: int) -> None:
+        """This rank writes `count` tensors from the source."""
+        if self.progress and count:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=count, desc="hf->megatron")
 
     def register(self, sharded_state_dict) -> None:
         from megatron.core.dist_checkpointing.dict_utils import nested_values
@@ -92,7 +102,12 @@ class LazySource:
         if not placeholder.is_meta:
             return placeholder
         base, shape, offset = self.views[(item.index.fqn, tuple(item.index.offset))]
-        return self.make[base](shape, offset).reshape(placeholder.shape)
+        tensor = self.make[base](shape, offset).reshape(placeholder.shape)
+        if self._bar is not None:
+            self._bar.update(1)
+            if self._bar.n == self._bar.total:
+                self._bar.close()
+        return tensor
 
 
 def _compact(tensor: torch.Tensor) -> torch.Tensor:
@@ -127,6 +142,9 @@ class InProcessWriter(FileSystemWriterAsync):
             self.write_buckets.append((os.path.join(self.checkpoint_dir, name), name,
                                        (raw, _Compact(tensors, self.source))))
         self.results_queue = queue.Queue() if self.write_buckets else None
+        if self.source is not None:
+            self.source.expect(sum(t.is_meta for _, _, (_, pairs) in self.write_buckets
+                                   for _, t in pairs.pairs))
 
     def get_save_function_and_args(self):
         """(write every file now, no staging, no arguments); nothing on an empty rank."""

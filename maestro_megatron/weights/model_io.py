@@ -109,16 +109,18 @@ def _sharded_state_dict(model_chunks: list[torch.nn.Module]) -> dict:
 
 
 def save_megatron_checkpoint(model_chunks: list[torch.nn.Module], ckpt_dir: Path,
-                             sources: dict | None = None) -> None:
+                             sources: dict | None = None, progress: bool = False) -> None:
     """``dist_checkpointing.save`` of the model weights (collective over all ranks),
     each rank writing its files itself (:mod:`~maestro_megatron.weights.dist_save`).
-    sources: for chunks built on ``meta``, `hf_sources` (each tensor made as written)."""
+    sources: for chunks built on ``meta``, `hf_sources` (each tensor made as written,
+    with a progress bar when `progress`)."""
     from megatron.core import dist_checkpointing
 
     from maestro_megatron.weights.dist_save import InProcessSaveStrategy, LazySource
 
     Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
-    strategy = InProcessSaveStrategy(LazySource(sources) if sources is not None else None)
+    strategy = InProcessSaveStrategy(LazySource(sources, progress)
+                                     if sources is not None else None)
     dist_checkpointing.save(_sharded_state_dict(model_chunks), str(ckpt_dir),
                             sharded_strategy=strategy)
 

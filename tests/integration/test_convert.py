@@ -258,6 +258,22 @@ def test_cli_exit_code_in_a_real_process(hf_dirs, tmp_path):
     assert not out.exists()
 
 
+def test_default_progress_bar_counts_every_written_tensor(hf_dirs, tmp_path):
+    """`maestro convert` as a user runs it (the progress bar on): the bar advances once
+    per tensor written and ends at its total; the checkpoint is whole."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "maestro_megatron.cli", "convert",
+                           "hf-to-megatron", "--hf", str(hf_dirs["llama"]), "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bars = [line for line in proc.stderr.replace("\r", "\n").splitlines()
+            if line.startswith("hf->megatron:")]
+    done, total = bars[-1].split("|")[2].split()[0].split("/")
+    assert done == total and int(total) > 0, bars[-1]
+    assert (out / "metadata.json").is_file()
+
+
 @pytest.mark.parametrize("direction", ["hf-to-megatron", "megatron-to-hf"])
 def test_damaged_file_is_one_line_in_a_real_process(hf_dirs, megatron_dirs, direction,
                                                      tmp_path):
