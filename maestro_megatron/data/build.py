@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from maestro_megatron.data.prompts import DataError, PromptRecord, load_prompts
+from maestro_megatron.data.prompts import DataError, PromptRecord, load_prompts, split_counts
 
 NOVER_FILES = {"nr": "natural_reasoning", "gt": "general_thoughts", "webit": "webinstruct",
                "ssgen": "ss_gen", "emobench": "emobench", "tombench": "tombench",
@@ -55,12 +55,8 @@ def build_training_set(files: dict[str, Path]) -> tuple[list[PromptRecord],
     seen: set[str] = set()
     out, counts = [], []
     for name, records in loaded.items():
-        splits: dict[str, int] = {}
         kept = duplicate = held_out = 0
-        for r in records:
-            splits[r.split or "-"] = splits.get(r.split or "-", 0) + 1
-            if r.split != "train":
-                continue
+        for r in (r for r in records if r.split == "train"):
             key = prompt_key(r.prompt)
             if key in held:
                 held_out += 1
@@ -70,7 +66,7 @@ def build_training_set(files: dict[str, Path]) -> tuple[list[PromptRecord],
                 seen.add(key)
                 kept += 1
                 out.append(PromptRecord(r.prompt, r.reference, name, "train", r.where))
-        counts.append(BenchmarkCounts(name, splits, kept, duplicate, held_out))
+        counts.append(BenchmarkCounts(name, split_counts(records), kept, duplicate, held_out))
     return out, counts
 
 

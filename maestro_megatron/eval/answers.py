@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 
@@ -140,6 +141,12 @@ def chrf(answer: str, reference: str | None) -> float | None:
     reference."""
     if reference is None or not reference.strip():
         return None
+    return float(_chrf_metric().sentence_score(answer, [reference]).score) / 100
+
+
+@functools.cache
+def _chrf_metric():
+    """One sacrebleu CHRF (character 6-grams, beta 2), built on first use."""
     from sacrebleu.metrics import CHRF
 
-    return float(CHRF().sentence_score(answer, [reference]).score) / 100
+    return CHRF()
