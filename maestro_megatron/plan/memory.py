@@ -198,6 +198,12 @@ def dtype_bytes(dtype: str) -> int:
     return 4 if dtype == "fp32" else 2
 
 
+def adam_bytes_per_param(y: int) -> int:
+    """megatron's Adam state per parameter of `y` bytes: m and v in fp32, plus an fp32
+    main copy unless the parameters are fp32 themselves."""
+    return 12 if y < 4 else 8
+
+
 def _train_rows(recipe: Recipe, dp: int) -> tuple[int, int, int]:
     """(rows per DP rank in a step, rows per micro-batch, micro-batches per optimizer
     step); UserError where the batch does not split (trainer/setup.py's rules)."""
@@ -284,7 +290,7 @@ class _Items:
         rm_here = self.role.reward_model and (phase == "scoring" or not mem.offload_reward_model)
         fp8 = (2 + int(ref_here)) * self.params.linear if self.fp8 else 0
         return {"weights": p * y, "gradients": p * (4 if mem.grad_reduce_in_fp32 else y),
-                "optimizer": p * (12 if y < 4 else 8) // shard, "fp8_weight_cache": fp8,
+                "optimizer": p * adam_bytes_per_param(y) // shard, "fp8_weight_cache": fp8,
                 "reference": p * y if ref_here else 0,
                 "reward_model": 2 * self.reward.num_parameters if rm_here else 0,
                 "cuda_context": self.assume.cuda_context}

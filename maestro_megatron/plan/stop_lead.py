@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from maestro_megatron.plan.memory import adam_bytes_per_param
+
 GB = 10**9
 ASSUMED_STEP_S = 600.0
 """The step time `maestro plan` assumes without --step-seconds."""
@@ -37,8 +39,7 @@ class StopLead:
 
 def checkpoint_bytes(parameters: int, dtype_bytes: int) -> int:
     """Model plus distributed-optimizer state of `parameters` in a `dtype_bytes` dtype."""
-    optimizer = 8 + (0 if dtype_bytes == 4 else 4)  # exp_avg, exp_avg_sq (+ fp32 main)
-    return parameters * (dtype_bytes + optimizer)
+    return parameters * (dtype_bytes + adam_bytes_per_param(dtype_bytes))
 
 
 def stop_lead(parameters: int, dtype_bytes: int, *, nodes: int, ranks: int, step_s: float,
