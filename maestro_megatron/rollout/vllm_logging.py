@@ -35,6 +35,8 @@ class HarmlessFilter(logging.Filter):
       "Inductor compilation was disabled", "Model Runner V2 requires Triton": advice for
       a faster CPU set-up; the engine runs correctly without it (eager is our choice on
       CPU: no torch.compile start-up).
+    - "Reset SSM cache type to float32": vLLM's CPU platform note about the state cache
+      of Mamba-style layers; the project's models have none.
     - Warnings tagged "[shutdown]" (workers still running after the grace period, force
       killing ...): vLLM's normal teardown of its engine core and worker processes after
       `VLLMEngine.close()`; errors still show.
@@ -49,6 +51,7 @@ class HarmlessFilter(logging.Filter):
         "is not found in LD_PRELOAD",
         "Enforce eager set",
         "Inductor compilation was disabled",
+        "Reset SSM cache type to float32",
     )
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -23,6 +23,7 @@ def test_vllm_filter_drops_only_known_harmless_messages():
     assert not keep(_record("ParallelLMHead: Failed to load weights"))
     assert not keep(_record("libtcmalloc is not found in LD_PRELOAD. For best performance"))
     assert not keep(_record("[shutdown] Process manager: force killing remaining process"))
+    assert not keep(_record("Reset SSM cache type to float32 for accelerated GDN mamba backend"))
     assert keep(_record("[shutdown] EngineCore died", logging.ERROR))  # errors always show
     assert keep(_record("LlamaForCausalLM: Failed to load weights"))
     assert keep(_record("Out of KV cache blocks"))
