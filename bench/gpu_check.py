@@ -1,4 +1,4 @@
-"""One-shot check of a machine with one GPU (issue 13), under 8 minutes, one results file.
+"""One-shot check of a machine with one GPU, under 8 minutes, one results file.
 
     bash bench/gpu_check.sh [--out bench/gpu_results.json] [--layers 4 --seq 4096]
     bash bench/gpu_check.sh --dry-run          # CPU, tiny shapes, fp32: a test runs this

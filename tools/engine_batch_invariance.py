@@ -1,4 +1,4 @@
-"""Do sampled tokens depend on how requests are batched over engines? (issue 11)
+"""Do sampled tokens depend on how requests are batched over engines?
 
 Every request carries its own seed (run seed, step, global prompt index), so with
 exact arithmetic the responses do not depend on how many engines share a step's

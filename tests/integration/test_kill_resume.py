@@ -1,4 +1,4 @@
-"""SIGKILL at every point of a step, and a rollout engine that dies (issue 11).
+"""SIGKILL at every point of a step, and a rollout engine that dies.
 
 One run of the tiny recipe is killed again and again (MAESTRO_FAULT=POINT@STEP, the
 testing hook of maestro_megatron/trainer/faults.py: a real SIGKILL of the trainer, no

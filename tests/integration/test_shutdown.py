@@ -1,7 +1,8 @@
 """SIGTERM during a step: the trainer exits, no process it started outlives it, and the
-last checkpoint is intact (issue: the vLLM engine core and its workers were still alive
-30 s after `kill -TERM`). That an intact checkpoint resumes to the uninterrupted result
-is shown by tests/integration/test_kill_resume.py after SIGKILLs at every point."""
+last checkpoint is intact (the failure this guards against: the vLLM engine core and
+its workers still alive 30 s after `kill -TERM`). That an intact checkpoint resumes to
+the uninterrupted result is shown by tests/integration/test_kill_resume.py after
+SIGKILLs at every point."""
 
 from __future__ import annotations
 
