@@ -204,6 +204,12 @@ def adam_bytes_per_param(y: int) -> int:
     return 12 if y < 4 else 8
 
 
+def checkpoint_bytes(parameters: int, y: int) -> int:
+    """A checkpoint's model plus distributed-optimizer state: `parameters` of `y` bytes
+    and their Adam state."""
+    return parameters * (y + adam_bytes_per_param(y))
+
+
 def _train_rows(recipe: Recipe, dp: int) -> tuple[int, int, int]:
     """(rows per DP rank in a step, rows per micro-batch, micro-batches per optimizer
     step); UserError where the batch does not split (trainer/setup.py's rules)."""
@@ -406,8 +412,6 @@ def plan_memory(recipe: Recipe, layout: Layout, gpu_memory: int, *, transformer_
     if engine is not None:
         engine = replace(engine, num_engines=num_engines(recipe, layout))
     if recipe.run.async_save:  # megatron's async save copies each rank's state to the host
-        from maestro_megatron.plan.stop_lead import checkpoint_bytes
-
         host["checkpoint_staging"] = checkpoint_bytes(model_parameters(recipe.model),
                                                       dtype_bytes(recipe.precision.dtype))
     return Plan(gpu_memory, layout, transformer_impl, model_parameters(recipe.model),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from maestro_megatron.plan.memory import adam_bytes_per_param
+from maestro_megatron.plan.memory import checkpoint_bytes
 
 GB = 10**9
 ASSUMED_STEP_S = 600.0
@@ -35,11 +35,6 @@ class StopLead:
     def seconds(self) -> int:
         """The lead, rounded up to whole seconds."""
         return math.ceil(self.step_s + self.write_s + self.hash_s + self.margin_s)
-
-
-def checkpoint_bytes(parameters: int, dtype_bytes: int) -> int:
-    """Model plus distributed-optimizer state of `parameters` in a `dtype_bytes` dtype."""
-    return parameters * (dtype_bytes + adam_bytes_per_param(dtype_bytes))
 
 
 def stop_lead(parameters: int, dtype_bytes: int, *, nodes: int, ranks: int, step_s: float,

@@ -380,7 +380,7 @@ def test_host_memory_for_what_leaves_the_gpus():
 def test_async_save_stages_the_checkpoint_in_host_memory():
     """run.async_save: megatron copies every rank's state to the host before its writer
     forks: the whole checkpoint (14 bytes per bf16 parameter) over the job's nodes."""
-    from maestro_megatron.plan.stop_lead import checkpoint_bytes
+    from maestro_megatron.plan.memory import checkpoint_bytes
 
     sync = plan_recipe(load_recipe(R8), 1, 8, 80.0)
     background = plan_recipe(load_recipe(R8, ["run.async_save=true"]), 1, 8, 80.0)

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from maestro_megatron.plan.stop_lead import checkpoint_bytes, stop_lead
+from maestro_megatron.plan.memory import checkpoint_bytes
+from maestro_megatron.plan.stop_lead import stop_lead
 
 
 def test_checkpoint_bytes_per_parameter():
